@@ -1,0 +1,1 @@
+//! Fjord IPAM (being written).
