@@ -149,10 +149,16 @@ fn valid_container_id(id: &str) -> bool {
 /// The spec's interface name rules (and the kernel's).
 pub fn check_ifname(name: &str) -> Result<(), CniError> {
     let problem = if name.len() > IFNAME_MAX {
-        Some(format!("is {} bytes, the limit is {IFNAME_MAX}", name.len()))
+        Some(format!(
+            "is {} bytes, the limit is {IFNAME_MAX}",
+            name.len()
+        ))
     } else if name == "." || name == ".." {
         Some("is not a valid interface name".to_string())
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         Some("contains '/', ':' or whitespace".to_string())
     } else {
         None
@@ -189,7 +195,7 @@ mod tests {
     #[test]
     fn add_needs_all_three_and_says_which_is_missing() {
         assert!(inv(&ADD).is_ok());
-        for skip in 1..4 {
+        for (skip, (missing_var, _)) in ADD.iter().enumerate().skip(1) {
             let pairs: Vec<_> = ADD
                 .iter()
                 .enumerate()
@@ -198,7 +204,7 @@ mod tests {
                 .collect();
             let err = inv(&pairs).unwrap_err();
             assert_eq!(err.code, 4);
-            assert!(err.msg.contains(ADD[skip].0), "{}", err.msg);
+            assert!(err.msg.contains(missing_var), "{}", err.msg);
         }
     }
 
@@ -232,8 +238,8 @@ mod tests {
 
     #[test]
     fn parses_kubelet_args() {
-        let a = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0")
-            .unwrap();
+        let a =
+            CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0").unwrap();
         assert_eq!(a.get("K8S_POD_NAME"), Some("web-0"));
         assert_eq!(a.get("K8S_POD_NAMESPACE"), Some("default"));
         assert_eq!(a.get("nothing"), None);

@@ -76,7 +76,10 @@ impl CniResult {
             out.insert("routes".into(), Value::Array(routes));
         }
         if !self.dns.is_empty() {
-            out.insert("dns".into(), serde_json::to_value(&self.dns).unwrap_or_default());
+            out.insert(
+                "dns".into(),
+                serde_json::to_value(&self.dns).unwrap_or_default(),
+            );
         }
         Value::Object(out)
     }

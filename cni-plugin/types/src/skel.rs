@@ -153,7 +153,10 @@ mod tests {
     fn errors_print_the_spec_object_and_exit_non_zero() {
         let (code, v) = call("CHECK", CONF);
         assert_eq!(code, 1);
-        assert_eq!(v.unwrap(), json!({"cniVersion":"0.4.0","code":101,"msg":"differs"}));
+        assert_eq!(
+            v.unwrap(),
+            json!({"cniVersion":"0.4.0","code":101,"msg":"differs"})
+        );
         let (code, v) = call("ADD", "{garbage");
         assert_eq!(code, 1);
         assert_eq!(v.unwrap()["code"], 6);
