@@ -12,6 +12,13 @@ pub const DEFAULT_MTU_FILE: &str = "/run/fjord/mtu";
 /// The MTU used when nothing says otherwise and the node has no default route.
 pub const FALLBACK_MTU: u32 = 1500;
 
+/// Below 576 TCP barely works (every IPv4 host must accept 576-byte datagrams); above
+/// 65535 no link type goes.
+pub const MTU_RANGE: std::ops::RangeInclusive<u64> = 576..=65535;
+
+/// IPv6 needs links of at least 1280 bytes; the kernel turns IPv6 off on smaller ones.
+pub const IPV6_MIN_MTU: u32 = 1280;
+
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
     pub mtu: Option<u32>,
@@ -39,10 +46,11 @@ fn parse_mtu(v: &Value) -> Result<u32, PluginError> {
     let n = v
         .as_u64()
         .ok_or_else(|| PluginError::Config(format!("\"mtu\" must be a whole number, got {v}")))?;
-    // 68 is IPv4's minimum; above 65535 no link type goes.
-    if !(68..=65535).contains(&n) {
+    if !MTU_RANGE.contains(&n) {
         return Err(PluginError::Config(format!(
-            "\"mtu\" {n} is out of range 68..=65535"
+            "\"mtu\" {n} is out of range {}..={} (576 is the smallest datagram every IPv4 host must accept)",
+            MTU_RANGE.start(),
+            MTU_RANGE.end()
         )));
     }
     Ok(n as u32)
@@ -63,7 +71,7 @@ fn optional_path(v: Option<&Value>, key: &str) -> Result<Option<PathBuf>, Plugin
 pub fn recorded_mtu(path: &std::path::Path) -> Option<u32> {
     let text = std::fs::read_to_string(path).ok()?;
     let n: u32 = text.trim().parse().ok()?;
-    (68..=65535).contains(&n).then_some(n)
+    MTU_RANGE.contains(&u64::from(n)).then_some(n)
 }
 
 #[cfg(test)]

@@ -109,8 +109,10 @@ fn add(inv: &Invocation, conf: &NetConf, cfg: &PluginConfig) -> Result<CniResult
             addresses: format!("host interface {}", att.host_name()),
         });
     }
+    let mtu = pod_mtu(cfg)?;
     let addresses = addressing.allocate(inv, conf)?;
-    let wired = pod_mtu(cfg).and_then(|mtu| datapath::setup(&att, &pod_netns, &addresses, mtu));
+    let wired = check_mtu_fits(mtu, &addresses)
+        .and_then(|()| datapath::setup(&att, &pod_netns, &addresses, mtu));
     let wired = match wired {
         Ok(w) => w,
         Err(e) => {
@@ -123,6 +125,16 @@ fn add(inv: &Invocation, conf: &NetConf, cfg: &PluginConfig) -> Result<CniResult
     };
     tracing::info!(host = %wired.host_name, ?addresses, mtu = wired.mtu, "attached");
     Ok(build_result(inv, conf, &wired, &addresses))
+}
+
+fn check_mtu_fits(mtu: u32, addresses: &[IpAddr]) -> Result<(), PluginError> {
+    if mtu < config::IPV6_MIN_MTU && addresses.iter().any(IpAddr::is_ipv6) {
+        return Err(PluginError::Config(format!(
+            "MTU {mtu} is below {}, the least IPv6 works with, and the pod gets an IPv6 address",
+            config::IPV6_MIN_MTU
+        )));
+    }
+    Ok(())
 }
 
 /// Conflist `mtu`, else what fjord-routed recorded, else the default route's link.
