@@ -1,0 +1,5 @@
+//! fjord-routed: a BGP-4 speaker per node (node-to-node iBGP mesh, optional external
+//! peers) that announces the node's IPAM blocks and programs the routes it learns into
+//! the kernel.
+
+pub mod bgp;
