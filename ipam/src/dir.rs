@@ -8,6 +8,7 @@
 use crate::allocator::{Claim, Snapshot};
 use crate::block::Block;
 use crate::error::IpamError;
+use crate::registry::{NodeRecord, Registry};
 use crate::store::{Decide, Store};
 use ipnetwork::IpNetwork;
 use nix::errno::Errno;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 const LOCK_FILE: &str = ".lock";
 const BLOCKS_DIR: &str = "blocks";
+const NODES_DIR: &str = "nodes";
 const TEMP_PREFIX: &str = ".tmp-";
 /// Long enough for any sane transaction queue, short enough that a wedged holder turns
 /// into "try again later" before the runtime's own timeout.
@@ -129,29 +131,84 @@ impl DirStore {
 
     fn write_block(&self, block: &Block) -> Result<(), IpamError> {
         let name = file_name(&block.cidr, &block.node);
-        self.write_atomically(&name, &block.to_json())
+        write_atomically(&self.blocks, &name, &block.to_json())
     }
 
-    fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<(), IpamError> {
-        let serial = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = self.blocks.join(format!(
-            "{TEMP_PREFIX}{}-{serial}-{name}",
-            std::process::id()
-        ));
-        let written = write_synced(&temp, bytes).and_then(|()| {
-            fs::rename(&temp, self.blocks.join(name))
-                .map_err(IpamError::io(&temp, "rename into place"))
-        });
-        if written.is_err() {
-            let _ = fs::remove_file(&temp);
+    fn nodes_dir(&self) -> PathBuf {
+        self.root.join(NODES_DIR)
+    }
+}
+
+/// Replaces `dir/name` by write-to-temp, fsync, rename: readers see the old record or
+/// the new one. The caller syncs the directory once for a batch.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IpamError> {
+    let serial = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp = dir.join(format!(
+        "{TEMP_PREFIX}{}-{serial}-{name}",
+        std::process::id()
+    ));
+    let written = write_synced(&temp, bytes).and_then(|()| {
+        fs::rename(&temp, dir.join(name)).map_err(IpamError::io(&temp, "rename into place"))
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
+}
+
+fn sync_dir(dir: &Path) -> Result<(), IpamError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(IpamError::io(dir, "sync the directory"))
+}
+
+/// Each node writes only its own record, so the registry needs no lock.
+impl Registry for DirStore {
+    fn register(&self, node: &NodeRecord) -> Result<(), IpamError> {
+        let dir = self.nodes_dir();
+        fs::create_dir_all(&dir).map_err(IpamError::io(&dir, "create the node registry"))?;
+        write_atomically(&dir, &format!("{}.json", node.name), &node.to_json())?;
+        sync_dir(&dir)
+    }
+
+    fn deregister(&self, name: &str) -> Result<(), IpamError> {
+        let path = self.nodes_dir().join(format!("{name}.json"));
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(IpamError::io(&path, "remove the node record")(e))
+            }
+            _ => Ok(()),
         }
-        written
     }
 
-    fn sync_dir(&self) -> Result<(), IpamError> {
-        File::open(&self.blocks)
-            .and_then(|d| d.sync_all())
-            .map_err(IpamError::io(&self.blocks, "sync the directory"))
+    fn nodes(&self) -> Result<Vec<NodeRecord>, IpamError> {
+        let dir = self.nodes_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(IpamError::io(&dir, "list")(e)),
+        };
+        let mut nodes = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(IpamError::io(&dir, "list"))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(IpamError::io(&path, "read"))?;
+            let record =
+                NodeRecord::from_json(&bytes).map_err(|reason| IpamError::CorruptRecord {
+                    path: path.clone(),
+                    reason,
+                })?;
+            nodes.push(record);
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
+    fn claims(&self) -> Result<Vec<Claim>, IpamError> {
+        Ok(self.list(false)?.into_iter().map(|(c, _)| c).collect())
     }
 }
 
@@ -170,7 +227,7 @@ impl Store for DirStore {
         for block in &changed {
             self.write_block(block)?;
         }
-        self.sync_dir()
+        sync_dir(&self.blocks)
     }
 
     fn check(&self) -> Result<(), IpamError> {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod dir;
 pub mod error;
 pub mod pool;
+pub mod registry;
 pub mod store;
 
 pub use allocator::Assigned;

@@ -3,3 +3,7 @@
 //! the kernel.
 
 pub mod bgp;
+pub mod config;
+pub mod mesh;
+pub mod status;
+pub mod underlay;

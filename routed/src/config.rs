@@ -1,0 +1,250 @@
+//! The daemon's settings: flags, each with a `FJORD_*` environment variable for
+//! DaemonSet use (DESIGN.md, "The route daemon").
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fjord_ipam::StoreSpec;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_ASN: u32 = 64512;
+pub const DEFAULT_SOCKET: &str = "/run/fjord/routed.sock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fjord-routed",
+    version,
+    about = "Fjord's per-node BGP route daemon"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run the daemon: register the node, mesh with the others, program routes.
+    Run(RunArgs),
+    /// Print the peer table of a running daemon.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Encapsulation {
+    /// Native routes via the peer's node address only.
+    Never,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// This node's name, as the IPAM records block affinities.
+    #[arg(long, env = "FJORD_NODE_NAME")]
+    pub node_name: String,
+    /// The node's underlay address(es): IPv4[,IPv6]. The IPv4 address is the BGP identifier.
+    #[arg(
+        long,
+        env = "FJORD_NODE_ADDRESS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub node_address: Vec<IpAddr>,
+    #[arg(long, env = "FJORD_ASN", default_value_t = DEFAULT_ASN)]
+    pub asn: u32,
+    /// dir:PATH (etcd and kubernetes stores come with their own issue).
+    #[arg(long, env = "FJORD_STORE", default_value = "dir:/var/lib/fjord/ipam")]
+    pub store: String,
+    #[arg(long, env = "FJORD_ENCAPSULATION", value_enum, default_value_t = Encapsulation::Never)]
+    pub encapsulation: Encapsulation,
+    /// An extra, non-mesh peer: ADDRESS or ADDRESS:ASN ([IPv6]:ASN); the ASN defaults to ours.
+    #[arg(long = "peer", env = "FJORD_PEERS", value_delimiter = ' ')]
+    pub peers: Vec<String>,
+    /// Do not peer with the other registered nodes.
+    #[arg(long, env = "FJORD_NO_MESH")]
+    pub no_mesh: bool,
+    #[arg(long, env = "FJORD_LISTEN_PORT", default_value_t = 179)]
+    pub listen_port: u16,
+    #[arg(long, env = "FJORD_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// BGP hold time proposed to peers, in seconds (keepalives every third of it).
+    #[arg(long, env = "FJORD_HOLD_TIME", default_value_t = 30)]
+    pub hold_time: u16,
+    /// Graceful restart time advertised to peers, in seconds; 0 turns graceful restart
+    /// off. Kept at most the hold time, so a node that dies for good loses its routes
+    /// on the other nodes within the hold time.
+    #[arg(long, env = "FJORD_GRACEFUL_RESTART_TIME", default_value_t = 30)]
+    pub graceful_restart_time: u16,
+    /// Seconds between connection attempts to a peer that is down.
+    #[arg(long, env = "FJORD_CONNECT_RETRY", default_value_t = 5)]
+    pub connect_retry: u64,
+    /// Where the pod MTU for this node is written for the `fjord` CNI plugin.
+    #[arg(long, env = "FJORD_MTU_FILE", default_value = "/run/fjord/mtu")]
+    pub mtu_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[arg(long, env = "FJORD_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An extra peer from `--peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraPeer {
+    pub address: IpAddr,
+    pub asn: Option<u32>,
+}
+
+/// Settings checked and resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub addresses: Vec<IpAddr>,
+    pub router_id: Ipv4Addr,
+    pub asn: u32,
+    pub store: StoreSpec,
+    pub peers: Vec<ExtraPeer>,
+    pub mesh: bool,
+    pub listen_port: u16,
+    pub socket: PathBuf,
+    pub hold_time: u16,
+    pub graceful_restart_time: u16,
+    pub connect_retry: Duration,
+    pub mtu_file: PathBuf,
+}
+
+impl RunArgs {
+    pub fn settings(&self) -> Result<Settings, String> {
+        let router_id = self
+            .node_address
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .ok_or("--node-address needs an IPv4 address: it is the BGP identifier")?;
+        if self.node_address.iter().filter(|a| a.is_ipv4()).count() > 1
+            || self.node_address.iter().filter(|a| a.is_ipv6()).count() > 1
+        {
+            return Err("--node-address takes at most one IPv4 and one IPv6 address".into());
+        }
+        if self.hold_time != 0 && self.hold_time < 3 {
+            return Err(format!(
+                "--hold-time {} must be 0 or at least 3 (RFC 4271)",
+                self.hold_time
+            ));
+        }
+        let store: StoreSpec = self.store.parse().map_err(|e| format!("--store: {e}"))?;
+        let peers = self
+            .peers
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| parse_peer(p))
+            .collect::<Result<_, _>>()?;
+        let graceful_restart_time = match self.hold_time {
+            0 => self.graceful_restart_time,
+            hold => self.graceful_restart_time.min(hold),
+        };
+        Ok(Settings {
+            node_name: self.node_name.clone(),
+            addresses: self.node_address.clone(),
+            router_id,
+            asn: self.asn,
+            store,
+            peers,
+            mesh: !self.no_mesh,
+            listen_port: self.listen_port,
+            socket: self.socket.clone(),
+            hold_time: self.hold_time,
+            graceful_restart_time,
+            connect_retry: Duration::from_secs(self.connect_retry.max(1)),
+            mtu_file: self.mtu_file.clone(),
+        })
+    }
+}
+
+impl Settings {
+    pub fn address_v6(&self) -> Option<IpAddr> {
+        self.addresses.iter().copied().find(IpAddr::is_ipv6)
+    }
+}
+
+/// `10.0.0.9`, `10.0.0.9:65001`, `fd00::9`, `[fd00::9]:65001`.
+pub fn parse_peer(text: &str) -> Result<ExtraPeer, String> {
+    let bad = || format!("--peer {text:?} is not ADDRESS, ADDRESS:ASN or [IPv6]:ASN");
+    if let Ok(address) = text.parse::<IpAddr>() {
+        return Ok(ExtraPeer { address, asn: None });
+    }
+    let (addr, asn) = text.rsplit_once(':').ok_or_else(bad)?;
+    let addr = addr.trim_start_matches('[').trim_end_matches(']');
+    Ok(ExtraPeer {
+        address: addr.parse().map_err(|_| bad())?,
+        asn: Some(asn.parse().map_err(|_| bad())?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<Settings, String> {
+        let mut argv = vec!["fjord-routed", "run", "--node-name", "n1"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let CliCommand::Run(args) = cli.command else {
+            unreachable!()
+        };
+        args.settings()
+    }
+
+    #[test]
+    fn peers_parse_in_every_documented_form() {
+        assert_eq!(
+            parse_peer("10.0.0.9").unwrap(),
+            ExtraPeer {
+                address: "10.0.0.9".parse().unwrap(),
+                asn: None
+            }
+        );
+        assert_eq!(parse_peer("10.0.0.9:65001").unwrap().asn, Some(65001));
+        assert_eq!(parse_peer("fd00::9").unwrap().asn, None);
+        let v6 = parse_peer("[fd00::9]:4200000001").unwrap();
+        assert_eq!(v6.address, "fd00::9".parse::<IpAddr>().unwrap());
+        assert_eq!(v6.asn, Some(4_200_000_001));
+        for bad in ["", "router", "10.0.0.9:x", "10.0.0.9:99999999999"] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn settings_resolve_router_id_and_cap_the_restart_time() {
+        let s = run_args(&[
+            "--node-address",
+            "fd00::1,10.0.0.1",
+            "--hold-time",
+            "9",
+            "--graceful-restart-time",
+            "120",
+            "--store",
+            "dir:/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(s.router_id, "10.0.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(s.graceful_restart_time, 9);
+        assert_eq!(s.address_v6(), Some("fd00::1".parse().unwrap()));
+        assert!(s.mesh);
+    }
+
+    #[test]
+    fn settings_refuse_what_cannot_work() {
+        assert!(run_args(&["--node-address", "fd00::1"])
+            .unwrap_err()
+            .contains("IPv4"));
+        assert!(run_args(&["--node-address", "10.0.0.1", "--hold-time", "2"]).is_err());
+        assert!(run_args(&["--node-address", "10.0.0.1,10.0.0.2"]).is_err());
+        assert!(run_args(&["--node-address", "10.0.0.1", "--store", "nfs:/x"]).is_err());
+        assert!(run_args(&["--node-address", "10.0.0.1", "--encapsulation", "bogus"]).is_err());
+    }
+}
