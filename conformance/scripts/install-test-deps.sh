@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs everything the conformance tests, the benchmarks and the demo run, on Debian 12,
+# as root. Idempotent: packages already installed are left alone, and `apt-get update`
+# runs only when something is missing. Fails with a message naming what is still missing.
+#
+#   iproute2                      ip, ip netns (every test)
+#   util-linux                    nsenter (podman and containerd inside a node namespace)
+#   iputils-ping                  ping from pod namespaces
+#   containernetworking-plugins   the reference ptp + host-local (+ loopback) in /usr/lib/cni
+#   podman runc conmon            the podman CNI end-to-end test (tests/podman.rs)
+#   busybox-static                the rootfs of that test's container image
+#   iperf3                        datapath throughput figures
+#   procps                        ps, pgrep for debugging runaway plugins
+#   python3                       demo.sh pretty-prints results with it
+set -euo pipefail
+
+PACKAGES=(
+    iproute2 util-linux iputils-ping containernetworking-plugins
+    podman runc conmon busybox-static iperf3 procps python3
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps.sh: run as root (it installs Debian packages)" >&2
+    exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-test-deps.sh: apt-get not found; this script targets Debian 12" >&2
+    exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || missing+=("$pkg")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install-test-deps.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# What the tests execute, checked by path: a package can be installed and still not
+# provide what a test expects (a renamed file, a diverted binary).
+required=(
+    /usr/lib/cni/ptp /usr/lib/cni/host-local /usr/lib/cni/loopback
+    /bin/busybox
+)
+commands=(ip nsenter ping podman runc conmon iperf3)
+problems=()
+for path in "${required[@]}"; do
+    [ -x "$path" ] || problems+=("$path is missing")
+done
+for cmd in "${commands[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || problems+=("command $cmd is not on PATH")
+done
+if [ "${#problems[@]}" -gt 0 ]; then
+    printf 'install-test-deps.sh: still missing after installing packages:\n' >&2
+    printf '  - %s\n' "${problems[@]}" >&2
+    exit 1
+fi
+echo "install-test-deps.sh: test dependencies present"
