@@ -3,7 +3,7 @@
 
 use crate::error::PluginError;
 use fjord_cni_types::{CniError, CniResult, Invocation, NetConf};
-use fjord_ipam::{Handle, Ipam, IpamConfig, Owner};
+use fjord_ipam::{cni, Ipam, IpamConfig};
 use serde_json::Value;
 use std::io::Write;
 use std::net::IpAddr;
@@ -60,13 +60,9 @@ impl Addressing {
     pub fn allocate(&self, inv: &Invocation, conf: &NetConf) -> Result<Vec<IpAddr>, PluginError> {
         match self {
             Addressing::InProcess(ipam) => {
-                let owner = Owner {
-                    network: conf.name.clone(),
-                    pod_namespace: inv.args.get("K8S_POD_NAMESPACE").map(str::to_string),
-                    pod_name: inv.args.get("K8S_POD_NAME").map(str::to_string),
-                };
-                let requested = requested_addresses(inv, conf)?;
-                let assigned = ipam.allocate(&handle(inv), &owner, &requested)?;
+                let requested = cni::requested_addresses(inv, conf)?;
+                let assigned =
+                    ipam.allocate(&cni::handle(inv), &cni::owner(inv, conf), &requested)?;
                 Ok(assigned.into_iter().map(|a| a.address).collect())
             }
             Addressing::Delegate { .. } => {
@@ -83,7 +79,7 @@ impl Addressing {
     /// Releases the attachment's addresses; returns those it knows it released.
     pub fn release(&self, inv: &Invocation, conf: &NetConf) -> Result<Vec<IpAddr>, PluginError> {
         match self {
-            Addressing::InProcess(ipam) => Ok(ipam.release(&handle(inv))?),
+            Addressing::InProcess(ipam) => Ok(ipam.release(&cni::handle(inv))?),
             Addressing::Delegate { .. } => self.delegate("DEL", conf).map(|_| Vec::new()),
         }
     }
@@ -98,7 +94,7 @@ impl Addressing {
         match self {
             Addressing::InProcess(ipam) => {
                 let mut held: Vec<IpAddr> = ipam
-                    .lookup(&handle(inv))?
+                    .lookup(&cni::handle(inv))?
                     .into_iter()
                     .map(|a| a.address)
                     .collect();
@@ -125,16 +121,7 @@ impl Addressing {
     pub fn gc(&self, conf: &NetConf) -> Result<(), PluginError> {
         match self {
             Addressing::InProcess(ipam) => {
-                let keep: Vec<Handle> = conf
-                    .valid_attachments
-                    .iter()
-                    .flatten()
-                    .map(|a| Handle {
-                        container_id: a.container_id.clone(),
-                        ifname: a.ifname.clone(),
-                    })
-                    .collect();
-                let released = ipam.gc(&conf.name, &keep)?;
+                let released = ipam.gc(&conf.name, &cni::valid_handles(conf))?;
                 for (h, ip) in released {
                     tracing::info!(container_id = %h.container_id, ifname = %h.ifname, %ip, "GC released address");
                 }
@@ -209,32 +196,4 @@ impl Addressing {
             reason,
         }
     }
-}
-
-pub fn handle(inv: &Invocation) -> Handle {
-    Handle {
-        container_id: inv.container_id.clone(),
-        ifname: inv.ifname.clone(),
-    }
-}
-
-/// Addresses asked for by the runtime: runtimeConfig `ips` (the `ips` capability) or
-/// CNI_ARGS `IP=` (comma-separated), as the conventions document them.
-fn requested_addresses(inv: &Invocation, conf: &NetConf) -> Result<Vec<IpAddr>, PluginError> {
-    let mut texts: Vec<String> = Vec::new();
-    if let Some(Value::Array(ips)) = conf.runtime_config_key("ips") {
-        texts.extend(ips.iter().filter_map(Value::as_str).map(str::to_string));
-    }
-    if let Some(arg) = inv.args.get("IP") {
-        texts.extend(arg.split(',').map(str::to_string));
-    }
-    texts
-        .iter()
-        .map(|t| {
-            let bare = t.split('/').next().unwrap_or(t);
-            bare.parse::<IpAddr>().map_err(|_| {
-                PluginError::Config(format!("requested address {t:?} is not an IP address"))
-            })
-        })
-        .collect()
 }

@@ -7,6 +7,7 @@
 
 pub mod allocator;
 pub mod block;
+pub mod cni;
 pub mod config;
 pub mod dir;
 pub mod error;

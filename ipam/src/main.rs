@@ -4,9 +4,8 @@
 
 use fjord_cni_types::skel::{self, Plugin};
 use fjord_cni_types::{CniError, CniResult, Invocation, IpConfig, NetConf};
-use fjord_ipam::{Handle, Ipam, IpamConfig, IpamError, Owner};
+use fjord_ipam::{cni, Ipam, IpamConfig, IpamError};
 use ipnetwork::IpNetwork;
-use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
@@ -15,12 +14,8 @@ struct FjordIpam;
 impl Plugin for FjordIpam {
     fn add(&self, inv: &Invocation, conf: &NetConf) -> Result<CniResult, CniError> {
         let ipam = open(conf)?;
-        let owner = Owner {
-            network: conf.name.clone(),
-            pod_namespace: inv.args.get("K8S_POD_NAMESPACE").map(str::to_string),
-            pod_name: inv.args.get("K8S_POD_NAME").map(str::to_string),
-        };
-        let assigned = ipam.allocate(&handle(inv), &owner, &requested(inv, conf)?)?;
+        let requested = cni::requested_addresses(inv, conf)?;
+        let assigned = ipam.allocate(&cni::handle(inv), &cni::owner(inv, conf), &requested)?;
         let ips = assigned
             .iter()
             .map(|a| IpConfig {
@@ -36,14 +31,14 @@ impl Plugin for FjordIpam {
     }
 
     fn del(&self, inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
-        open(conf)?.release(&handle(inv))?;
+        open(conf)?.release(&cni::handle(inv))?;
         Ok(())
     }
 
     fn check(&self, inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         let config = config(conf)?;
         let pools = config.pools.clone();
-        let handle = handle(inv);
+        let handle = cni::handle(inv);
         let held: BTreeSet<IpAddr> = Ipam::open(config)?
             .lookup(&handle)?
             .iter()
@@ -65,16 +60,7 @@ impl Plugin for FjordIpam {
     }
 
     fn gc(&self, _: &Invocation, conf: &NetConf) -> Result<(), CniError> {
-        let keep: Vec<Handle> = conf
-            .valid_attachments
-            .iter()
-            .flatten()
-            .map(|a| Handle {
-                container_id: a.container_id.clone(),
-                ifname: a.ifname.clone(),
-            })
-            .collect();
-        open(conf)?.gc(&conf.name, &keep)?;
+        open(conf)?.gc(&conf.name, &cni::valid_handles(conf))?;
         Ok(())
     }
 }
@@ -88,34 +74,6 @@ fn config(conf: &NetConf) -> Result<IpamConfig, IpamError> {
 
 fn open(conf: &NetConf) -> Result<Ipam, IpamError> {
     Ipam::open(config(conf)?)
-}
-
-fn handle(inv: &Invocation) -> Handle {
-    Handle {
-        container_id: inv.container_id.clone(),
-        ifname: inv.ifname.clone(),
-    }
-}
-
-/// Addresses the runtime asks for: runtimeConfig `ips` (the `ips` capability) and
-/// CNI_ARGS `IP=` (comma-separated); a prefix length, if given, is ignored.
-fn requested(inv: &Invocation, conf: &NetConf) -> Result<Vec<IpAddr>, IpamError> {
-    let mut texts: Vec<&str> = Vec::new();
-    if let Some(Value::Array(ips)) = conf.runtime_config_key("ips") {
-        texts.extend(ips.iter().filter_map(Value::as_str));
-    }
-    if let Some(arg) = inv.args.get("IP") {
-        texts.extend(arg.split(',').filter(|t| !t.is_empty()));
-    }
-    texts
-        .iter()
-        .map(|t| {
-            let bare = t.split('/').next().unwrap_or(t);
-            bare.parse().map_err(|_| {
-                IpamError::Config(format!("requested address {t:?} is not an IP address"))
-            })
-        })
-        .collect()
 }
 
 /// prevResult's addresses inside this plugin's pools (other plugins' addresses are not
