@@ -108,11 +108,11 @@ impl PluginCall {
         )
     }
 
-    /// Starts the plugin inside `node`'s network namespace and feeds it stdin.
-    pub fn spawn_in(&self, node: &Netns) -> RunningCall {
-        let ns_file = File::open(node.path())
-            .unwrap_or_else(|e| panic!("open node netns {}: {e}", node.path().display()));
-        let ns_fd = ns_file.as_raw_fd();
+    /// The plugin's command with its environment and piped stdio, made to enter the
+    /// network namespace open as `node_ns` between fork and exec; `node_ns` must stay open
+    /// until the command is spawned.
+    pub fn command_in(&self, node_ns: &File) -> Command {
+        let ns_fd = node_ns.as_raw_fd();
         let mut cmd = Command::new(&self.binary);
         cmd.env_clear()
             .envs(self.env())
@@ -128,6 +128,14 @@ impl PluginCall {
                     .map_err(std::io::Error::from)
             });
         }
+        cmd
+    }
+
+    /// Starts the plugin inside `node`'s network namespace and feeds it stdin.
+    pub fn spawn_in(&self, node: &Netns) -> RunningCall {
+        let ns_file = File::open(node.path())
+            .unwrap_or_else(|e| panic!("open node netns {}: {e}", node.path().display()));
+        let mut cmd = self.command_in(&ns_file);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary.display()));

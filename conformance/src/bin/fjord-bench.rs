@@ -10,14 +10,10 @@
 use anyhow::{bail, ensure, Context, Result};
 use fjord_conformance::plugin::with_prev_result;
 use fjord_conformance::{result_ips, Netns, PluginCall, PluginUnderTest, Pod};
-use nix::sched::CloneFlags;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use serde_json::Value;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -228,21 +224,7 @@ impl TimedRun {
 /// wait4 to read the child's peak memory.
 fn run_timed(call: &PluginCall, node: &Netns) -> Result<TimedRun> {
     let ns = File::open(node.path()).with_context(|| format!("open {}", node.path_str()))?;
-    let ns_fd = ns.as_raw_fd();
-    let mut cmd = Command::new(&call.binary);
-    cmd.env_clear()
-        .envs(call.env())
-        .current_dir("/")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: setns is one async-signal-safe system call on an fd the child inherited.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sched::setns(BorrowedFd::borrow_raw(ns_fd), CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-        });
-    }
+    let mut cmd = call.command_in(&ns);
     let started = Instant::now();
     let mut child = cmd
         .spawn()
