@@ -8,8 +8,10 @@
 
 pub mod bins;
 pub mod kernel;
+pub mod lab;
 pub mod names;
 pub mod netns;
+pub mod peers;
 pub mod plugin;
 pub mod store;
 pub mod tempdir;
