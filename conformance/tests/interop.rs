@@ -318,9 +318,9 @@ fn fjord_and_gobgp_exchange_routes_over_ebgp() {
     routed.assert_running();
 }
 
-/// A ToR-style eBGP peer of node 1 while nodes 1 and 2 mesh: node 1 passes the peer's
-/// prefixes on to node 2 (next hop unchanged, the peer is on the same segment), and
-/// passes node 2's blocks out to the peer.
+/// A ToR-style eBGP peer of every node while nodes 1 and 2 mesh (Calico's "global"
+/// peer): each node announces its own blocks to the ToR and installs the ToR's prefixes.
+/// Nodes are not transit: node 1 does not pass node 2's blocks on to the ToR.
 #[test]
 fn fjord_mesh_with_an_outside_bird_peer() {
     let lab = Lab::new(LabSpec {
@@ -335,44 +335,43 @@ fn fjord_mesh_with_an_outside_bird_peer() {
         lab.dir(),
         &BgpPeerSpec::on(host, OUTSIDE_ASN)
             .neighbor(lab.node(0).address_v4(), MESH_ASN)
+            .neighbor(lab.node(1).address_v4(), MESH_ASN)
             .originate(&prefixes),
     );
     let pods = [lab.add_pod(0), lab.add_pod(1)];
     let peer = format!("{}:{OUTSIDE_ASN}", v4(host));
     let _r0 = lab.start_routed(0, &["--peer", &peer, "--hold-time", HOLD_TIME]);
-    let _r1 = lab.start_routed(1, &["--hold-time", HOLD_TIME]);
+    let _r1 = lab.start_routed(1, &["--peer", &peer, "--hold-time", HOLD_TIME]);
 
-    let s0 = lab.wait_for_status(
-        0,
-        ESTABLISHED_WITHIN,
-        "node1 has its mesh peer and the outside peer Established",
-        |s| {
-            s.peers.len() == 2
-                && s.peers.iter().all(|p| p.state == "Established")
-                && s.peer(v4(lab.node(1)))
-                    .is_some_and(|p| p.peer_type == MESH_PEER_TYPE)
-                && s.peer(v4(host))
-                    .is_some_and(|p| p.peer_type != MESH_PEER_TYPE)
-        },
-    );
-    assert_eq!(s0.peers.len(), 2, "{s0:?}");
-    bird.wait_established(v4(lab.node(0)), ESTABLISHED_WITHIN);
-    let s1 = lab.wait_established(1, &[v4(lab.node(0))], ESTABLISHED_WITHIN);
-    assert_eq!(
-        s1.peers[0].peer_type, MESH_PEER_TYPE,
-        "node2 meshes with node1 only: {s1:?}"
-    );
+    for i in 0..2 {
+        let other = v4(lab.node(1 - i));
+        let s = lab.wait_for_status(
+            i,
+            ESTABLISHED_WITHIN,
+            "the node has its mesh peer and the outside peer Established",
+            |s| {
+                s.peers.len() == 2
+                    && s.peers.iter().all(|p| p.state == "Established")
+                    && s.peer(other).is_some_and(|p| p.peer_type == MESH_PEER_TYPE)
+                    && s.peer(v4(host))
+                        .is_some_and(|p| p.peer_type != MESH_PEER_TYPE)
+            },
+        );
+        assert_eq!(s.peers.len(), 2, "{s:?}");
+        bird.wait_established(v4(lab.node(i)), ESTABLISHED_WITHIN);
+    }
 
     let (a4, a6) = wait_blocks_covering(&lab, 0, &pods[0]);
     let (b4, b6) = wait_blocks_covering(&lab, 1, &pods[1]);
-    // BIRD learns both nodes' blocks from node1 (node2's with node1 or node2 as next hop:
-    // both are on BIRD's segment).
-    let nodes_hops: Vec<IpAddr> = lab.nodes().iter().flat_map(|n| [v4(n), v6(n)]).collect();
-    bird.wait_learned(
-        v4(lab.node(0)),
-        &[a4, a6, b4, b6],
-        &nodes_hops,
-        ROUTES_WITHIN,
+    // BIRD learns each node's blocks from that node, with the node's addresses as next
+    // hops, and nothing from the node that does not own them.
+    let (n0, n1) = (lab.node(0), lab.node(1));
+    bird.wait_learned(v4(n0), &[a4, a6], &[v4(n0), v6(n0)], ROUTES_WITHIN);
+    bird.wait_learned(v4(n1), &[b4, b6], &[v4(n1), v6(n1)], ROUTES_WITHIN);
+    let from_n0 = bird.learned_routes(v4(n0)).expect("BIRD lists its routes");
+    assert!(
+        from_n0.iter().all(|r| r.prefix == a4 || r.prefix == a6),
+        "node1 announced only its own blocks, not node2's: {from_n0:?}"
     );
     // Both nodes install BIRD's prefixes via BIRD's addresses.
     for node in lab.nodes() {

@@ -4,6 +4,8 @@
 
 pub mod bgp;
 pub mod config;
+pub mod daemon;
+pub mod error;
 pub mod kernel;
 pub mod mesh;
 pub mod rib;

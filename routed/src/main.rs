@@ -1,1 +1,68 @@
-fn main() {}
+//! `fjord-routed`: the per-node route daemon (`run`) and its status client (`status`).
+
+use clap::Parser;
+use fjord_routed::config::{Cli, CliCommand, StatusArgs};
+use fjord_routed::{daemon, status};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One thread: the daemon's work is a socket per peer and a netlink socket; a single
+    // thread keeps its memory small (issue 3 measures it against BIRD).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built");
+    match cli.command {
+        CliCommand::Run(args) => {
+            init_logging();
+            let settings = match args.settings() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let node = settings.node_name.clone();
+            match runtime.block_on(daemon::run(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(%node, error = %e, "fjord-routed stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        CliCommand::Status(args) => runtime.block_on(print_status(&args)),
+    }
+}
+
+async fn print_status(args: &StatusArgs) -> ExitCode {
+    match status::query(&args.socket).await {
+        Ok(report) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("a report serializes")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", status::render_table(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fjord-routed status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Structured logs on stderr (DaemonSets collect them); `RUST_LOG` filters, info by default.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}

@@ -1,0 +1,36 @@
+//! The daemon's error type: what failed, on what.
+
+use crate::kernel::KernelError;
+use fjord_ipam::IpamError;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoutedError {
+    #[error("node registry: {0}")]
+    Registry(#[from] IpamError),
+    #[error("kernel routes: {0}")]
+    Kernel(#[from] KernelError),
+    #[error("cannot listen for BGP on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("status socket {path}: {source}")]
+    StatusSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the underlay interface of {address}: {source}")]
+    Underlay {
+        address: IpAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot record the pod MTU in {path}: {source}")]
+    MtuFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot install the signal handler: {0}")]
+    Signal(std::io::Error),
+}
