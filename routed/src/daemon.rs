@@ -70,6 +70,7 @@ pub struct Daemon {
     /// Until this instant the kernel keeps routes from before a restart that nobody has
     /// re-announced yet (graceful restart); then a reconcile sweeps them.
     restart_window: Option<Instant>,
+    store_reachable: bool,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. The kernel routes stay when it exits: a
@@ -102,6 +103,7 @@ pub async fn run(settings: Settings) -> Result<(), RoutedError> {
         stale_tx,
         status,
         restart_window,
+        store_reachable: true,
     };
     daemon.event_loop(&mut events, &mut stale).await
 }
@@ -185,12 +187,20 @@ impl Daemon {
         let (nodes, claims) = match (self.registry.nodes(), self.registry.claims()) {
             (Ok(nodes), Ok(claims)) => (nodes, claims),
             (Err(e), _) | (_, Err(e)) => {
-                // The kernel keeps what it has while the store is away.
-                warn!(node = %self.settings.node_name, error = %e,
-                    "cannot read the node registry; keeping the current peers and routes");
+                // The kernel keeps what it has while the store is away; one line, not
+                // four a second.
+                if self.store_reachable {
+                    warn!(node = %self.settings.node_name, error = %e,
+                        "cannot read the node registry; keeping the current peers and routes");
+                }
+                self.store_reachable = false;
                 return Vec::new();
             }
         };
+        if !self.store_reachable {
+            info!(node = %self.settings.node_name, "the node registry is readable again");
+            self.store_reachable = true;
+        }
         let blocks = mesh::own_blocks(&claims, &self.settings.node_name);
         let mut changes = self.sync_blocks(blocks).await;
         let current: BTreeMap<IpAddr, DesiredPeer> = self
