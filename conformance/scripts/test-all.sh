@@ -17,6 +17,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "installing test dependencies"
 conformance/scripts/install-test-deps.sh
+conformance/scripts/install-routing-deps.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
