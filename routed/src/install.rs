@@ -102,10 +102,11 @@ fn check_conflist(text: &str) -> Result<(), RoutedError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| conflist_error(format!("not JSON after filling placeholders: {e}")))?;
     for key in ["cniVersion", "name"] {
-        if !value
+        let non_empty = value
             .get(key)
-            .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-        {
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty());
+        if !non_empty {
             return Err(conflist_error(format!(
                 "\"{key}\" must be a non-empty string"
             )));
