@@ -4,7 +4,9 @@
 # runs only when something is missing. Fails with a message naming what is still missing.
 #
 #   iproute2                      ip, ip netns (every test)
-#   util-linux                    nsenter (podman and containerd inside a node namespace)
+#   util-linux                    nsenter (podman and containerd inside a node namespace),
+#                                 setpriv (tests/deploy.rs confines fjord-routed to the
+#                                 DaemonSet's capabilities)
 #   iputils-ping                  ping from pod namespaces
 #   containernetworking-plugins   the reference ptp + host-local (+ loopback) in /usr/lib/cni
 #   podman runc conmon            the podman CNI end-to-end test (tests/podman.rs)
@@ -62,7 +64,7 @@ required=(
     /usr/lib/cni/ptp /usr/lib/cni/host-local /usr/lib/cni/loopback
     /bin/busybox "$TEST_VENV/bin/kubernetes-validate" "$TEST_VENV/bin/python"
 )
-commands=(ip nsenter ping podman runc conmon iperf3)
+commands=(ip nsenter setpriv ping podman runc conmon iperf3)
 problems=()
 for path in "${required[@]}"; do
     [ -x "$path" ] || problems+=("$path is missing")

@@ -4,19 +4,25 @@
 //! downward API, RBAC get/list/watch on nodes), and the conflist the init container
 //! installs is one the real `fjord` accepts: `fjord-routed install-cni` runs on temp
 //! directories, the result is checked byte for byte, and the installed `fjord` runs VERSION,
-//! ADD and DEL with it in a throwaway node namespace.
+//! ADD and DEL with it in a throwaway node namespace. Two real `fjord-routed`, confined
+//! by `setpriv` to the DaemonSet's capabilities, mesh and program a route.
 //!
 //! No API server or kubelet runs here: what the cluster itself would do with the manifests
 //! is not checked (docs/kubeadm.md says so).
 
+use fjord_conformance::lab::{spawn_in_netns, stop_child, Lab, LabSpec, RoutedStatus, STOP_GRACE};
 use fjord_conformance::store::fjord_dir_allocations;
-use fjord_conformance::{fjord_bin, fjord_bin_dir, result_ipv4, Netns, PluginCall, Pod, TempDir};
+use fjord_conformance::{
+    fjord_bin, fjord_bin_dir, poll_until, result_ipv4, Netns, PluginCall, Pod, TempDir,
+};
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Kubernetes versions the manifests are checked against: the oldest the guide supports
 /// and the newest the validator bundles.
@@ -614,4 +620,146 @@ fn the_installer_refuses_a_broken_template_and_installs_nothing() {
         text(&out)
     );
     assert!(!node.bin_dir().exists() && !node.conf_dir().exists());
+}
+
+/// Capability numbers (linux/capability.h) of the ones the DaemonSet may add.
+fn capability_bit(name: &str) -> u32 {
+    match name {
+        "NET_BIND_SERVICE" => 10,
+        "NET_ADMIN" => 12,
+        "NET_RAW" => 13,
+        other => panic!("tests/deploy.rs does not know capability {other}"),
+    }
+}
+
+/// A `fjord-routed` confined as the DaemonSet's container is: only `caps` in its bounding
+/// set (so root gets no others), none inheritable, no new privileges. Stopped on drop.
+struct ConfinedDaemon(Child);
+
+impl ConfinedDaemon {
+    fn start(lab: &Lab, i: usize, caps: &[String]) -> ConfinedDaemon {
+        let log_path = lab.routed_log(i);
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = confined(caps);
+        cmd.arg(fjord_bin("fjord-routed"))
+            .args(lab.routed_args(i))
+            .args(["--hold-time", "9", "--graceful-restart-time", "9"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        ConfinedDaemon(spawn_in_netns(lab.node(i).netns(), &mut cmd))
+    }
+
+    /// The daemon's effective capabilities, from /proc (setpriv execs it in place).
+    fn effective_caps(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .expect("CapEff in /proc/PID/status")
+            .trim();
+        u64::from_str_radix(hex, 16).unwrap()
+    }
+}
+
+/// Waits until node `i`'s confined daemon has every other node as an Established peer;
+/// panics with its log when it exits or takes longer than 30 s.
+fn wait_established(lab: &Lab, i: usize, daemon: &mut ConfinedDaemon) {
+    let mut want = lab.mesh_peers_of(i);
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = lab
+            .try_status_json(i)
+            .and_then(|v| serde_json::from_value::<RoutedStatus>(v).map_err(|e| e.to_string()));
+        if let Ok(status) = &last {
+            let mut have: Vec<IpAddr> = status.peers.iter().map(|p| p.address).collect();
+            have.sort();
+            if have == want && status.peers.iter().all(|p| p.state == "Established") {
+                return;
+            }
+        }
+        let exited = daemon.0.try_wait().ok().flatten();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "confined fjord-routed on node {i} ({exited:?}) has no Established peers {want:?}\n\
+             last status: {last:?}\n--- daemon log ---\n{}",
+            lab.routed_log_tail(i)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Drop for ConfinedDaemon {
+    fn drop(&mut self) {
+        stop_child(&mut self.0, STOP_GRACE);
+    }
+}
+
+/// `setpriv` with the bounding set reduced to `caps`, as a container runtime sets it.
+fn confined(caps: &[String]) -> Command {
+    let bounding: Vec<String> = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
+        .collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--no-new-privs", "--inh-caps", "-all", "--bounding-set"])
+        .arg(bounding.join(","))
+        .arg("--");
+    cmd
+}
+
+#[test]
+fn the_daemon_does_its_work_with_only_the_capabilities_the_daemonset_gives_it() {
+    let docs = manifest();
+    let routed = container(pod_spec(&docs), "containers", "fjord-routed");
+    let caps = strings(&routed["securityContext"]["capabilities"]["add"]);
+    let want_mask = caps.iter().fold(0u64, |m, c| m | 1 << capability_bit(c));
+
+    let lab = Lab::new(LabSpec::nodes(2));
+    let mut daemons: Vec<ConfinedDaemon> = (0..2)
+        .map(|i| ConfinedDaemon::start(&lab, i, &caps))
+        .collect();
+    for (i, daemon) in daemons.iter_mut().enumerate() {
+        wait_established(&lab, i, daemon);
+    }
+    for d in &daemons {
+        assert_eq!(
+            d.effective_caps(),
+            want_mask,
+            "the daemon runs with other capabilities"
+        );
+    }
+    // It claims nothing itself: a pod on node 0 makes a block, which node 1's confined
+    // daemon must learn over BGP and write into its kernel.
+    let pod = lab.add_pod(0);
+    poll_until(
+        Duration::from_secs(15),
+        "node 1 routes node 0's pod block",
+        || {
+            lab.node(1)
+                .fjord_routes()
+                .iter()
+                .any(|r| r.dst.contains(pod.ipv4) && r.gateway == Some(lab.node(0).address(false)))
+        },
+    );
+    let mtu = std::fs::read_to_string(lab.mtu_file(0)).unwrap_or_default();
+    assert!(
+        mtu.trim().parse::<u32>().is_ok(),
+        "no pod MTU recorded: {mtu:?}"
+    );
+
+    // The probe, confined the same way, passes against the running daemon.
+    let probe = strings(&routed["readinessProbe"]["exec"]["command"]);
+    assert_eq!(probe[1..3], ["status", "--socket"]);
+    let out = run(confined(&caps)
+        .arg(fjord_bin("fjord-routed"))
+        .args(&probe[1..3])
+        .arg(lab.socket(0)));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Established"),
+        "{}",
+        text(&out)
+    );
+    lab.del_pod(&pod);
 }
