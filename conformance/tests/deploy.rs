@@ -763,3 +763,47 @@ fn the_daemon_does_its_work_with_only_the_capabilities_the_daemonset_gives_it() 
     );
     lab.del_pod(&pod);
 }
+
+#[test]
+fn the_image_holds_what_the_manifest_runs() {
+    // No container engine builds here; what can be checked is that the Containerfile
+    // makes the layout the DaemonSet expects, the way deploy/build-static.sh proves static.
+    let containerfile = std::fs::read_to_string(deploy_dir().join("Containerfile")).unwrap();
+    let script = std::fs::read_to_string(deploy_dir().join("build-static.sh")).unwrap();
+    for needle in [
+        "FROM scratch",
+        "-C target-feature=+crt-static",
+        "--target x86_64-unknown-linux-gnu",
+    ] {
+        assert!(
+            containerfile.contains(needle),
+            "Containerfile lacks {needle:?}"
+        );
+    }
+    assert!(
+        script.contains("-C target-feature=+crt-static") && script.contains("--target \"$TARGET\"")
+    );
+    let docs = manifest();
+    let spec = pod_spec(&docs);
+    let install = container(spec, "initContainers", "install-cni");
+    let source = env(install, "FJORD_CNI_SOURCE_BIN_DIR")["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        containerfile.contains(&format!("/out{source}")),
+        "the image has no {source}"
+    );
+    for c in [install, container(spec, "containers", "fjord-routed")] {
+        let program = c["command"][0].as_str().unwrap();
+        assert_eq!(program, format!("{source}/fjord-routed"), "{}", c["name"]);
+    }
+    assert!(
+        containerfile.contains("for bin in fjord fjord-ipam fjord-routed"),
+        "the image must hold the three binaries"
+    );
+    let syntax = run(Command::new("bash")
+        .arg("-n")
+        .arg(deploy_dir().join("build-static.sh")));
+    assert!(syntax.status.success(), "{}", text(&syntax));
+}
