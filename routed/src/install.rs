@@ -142,6 +142,7 @@ fn check_conflist(text: &str) -> Result<(), RoutedError> {
 
 /// Installs the binaries, then the rendered conflist.
 pub fn install(plan: &InstallPlan) -> Result<InstallReport, RoutedError> {
+    check_conflist_name(&plan.conflist_name)?;
     let conflist = render_conflist(&plan.template, &plan.node_name, &plan.store)?;
     // Read every source before writing anything: a missing binary installs nothing.
     let binaries = CNI_BINARIES
@@ -167,6 +168,18 @@ pub fn install(plan: &InstallPlan) -> Result<InstallReport, RoutedError> {
         files,
         shadowing_configs: shadowing_configs(&plan.cni_conf_dir, &plan.conflist_name)?,
     })
+}
+
+/// Runtimes read only `.conflist` (and `.conf`, `.json`) files directly in the config
+/// directory: any other name would be installed and never used.
+fn check_conflist_name(name: &str) -> Result<(), RoutedError> {
+    let plain = !name.contains('/') && !name.starts_with('.');
+    if plain && name.len() > ".conflist".len() && name.ends_with(".conflist") {
+        return Ok(());
+    }
+    Err(conflist_error(format!(
+        "the conflist name {name:?} must be a file name ending in .conflist, such as 10-fjord.conflist"
+    )))
 }
 
 /// Writes `bytes` to `dir/name` with `mode`, atomically; leaves an identical file alone.

@@ -224,3 +224,27 @@ fn configs_that_sort_first_are_reported() {
         vec!["05-cilium.conflist".to_string()]
     );
 }
+
+#[test]
+fn the_conflist_name_must_be_one_a_runtime_reads() {
+    let scratch = Scratch::new("name");
+    for bad in [
+        "../10-fjord.conflist",
+        "sub/10-fjord.conflist",
+        "10-fjord.json5",
+        ".conflist",
+        "",
+    ] {
+        let mut plan = plan(&scratch.0);
+        plan.conflist_name = bad.into();
+        let err = install(&plan).unwrap_err().to_string();
+        assert!(
+            err.contains("must be a file name ending in .conflist"),
+            "{bad}: {err}"
+        );
+        assert!(
+            !plan.cni_bin_dir.exists(),
+            "{bad}: binaries installed anyway"
+        );
+    }
+}
