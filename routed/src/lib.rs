@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod kernel;
+pub mod kubernetes;
 pub mod mesh;
 pub mod rib;
 pub mod status;
