@@ -245,6 +245,27 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_store_and_kubeconfig_are_read() {
+        let s = run_args(&["--node-address", "10.0.0.1", "--store", "kubernetes"]).unwrap();
+        assert_eq!(
+            s.store,
+            StoreSpec::Kubernetes(fjord_ipam::config::DEFAULT_KUBERNETES_DIR.into())
+        );
+        assert_eq!(s.kubeconfig, None);
+        let s = run_args(&[
+            "--node-address",
+            "10.0.0.1",
+            "--store",
+            "kubernetes:/run/fjord/k8s",
+            "--kubeconfig",
+            "/etc/fjord/kubeconfig",
+        ])
+        .unwrap();
+        assert_eq!(s.store, StoreSpec::Kubernetes("/run/fjord/k8s".into()));
+        assert_eq!(s.kubeconfig, Some("/etc/fjord/kubeconfig".into()));
+    }
+
+    #[test]
     fn settings_refuse_what_cannot_work() {
         assert!(run_args(&["--node-address", "fd00::1"])
             .unwrap_err()
