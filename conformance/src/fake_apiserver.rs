@@ -5,7 +5,7 @@
 //!   server's current one;
 //! - `GET /api/v1/nodes?watch=true&resourceVersion=RV` streams, chunked, one JSON watch
 //!   event per line (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`, `ERROR`) for every change
-//!   after RV; an RV older than the last compaction gets `ERROR` with a 410 `Status`
+//!   after RV (`BOOKMARK` only with `allowWatchBookmarks=true`); an RV older than the last compaction gets `ERROR` with a 410 `Status`
 //!   ("too old resource version"), as a real API server sends it.
 //!
 //! The test drives it: change Nodes, send bookmarks, drop the open watch connections
@@ -443,6 +443,10 @@ fn watch(
         chunk(&mut stream, &gone(&requested))?;
         return stream.write_all(b"0\r\n\r\n");
     }
+    let bookmarks = request
+        .query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
     let mut sent_up_to = from;
     loop {
         let pending: Vec<Change> = state
@@ -457,10 +461,11 @@ fn watch(
         let expired = state.expire_generation != expiries;
         drop(state);
         for change in &pending {
-            chunk(
-                &mut stream,
-                &json!({"type": change.kind, "object": change.object}),
-            )?;
+            // Bookmarks go only to watches that asked (allowWatchBookmarks=true).
+            if change.kind != "BOOKMARK" || bookmarks {
+                let event = json!({"type": change.kind, "object": change.object});
+                chunk(&mut stream, &event)?;
+            }
             sent_up_to = change.resource_version;
         }
         if expired {
