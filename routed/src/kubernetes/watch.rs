@@ -228,7 +228,7 @@ fn apply(
                 if before.as_ref() != Some(&info) {
                     note_problems(Some(&info), before.as_ref());
                     info!(node = %options.node, changed = %info.name, addresses = ?info.addresses,
-                        pod_cidrs = ?info.pod_cidrs, asn = info.asn, "Node added or changed");
+                        pod_cidrs = %cidr_list(&info.pod_cidrs), asn = info.asn, "Node added or changed");
                 }
                 cache.insert(info);
             }
@@ -263,7 +263,7 @@ fn report_error(node: &str, error: &watcher::Error, healthy: &mut bool) {
         }
     }
     if *healthy {
-        warn!(node, error = %error,
+        warn!(%node, error = %error,
             "cannot watch Node objects; keeping the current peers and routes, retrying with backoff");
         *healthy = false;
     }
@@ -302,7 +302,7 @@ impl PodCidrsFile {
         };
         match write_pod_cidrs(&self.dir, &record) {
             Ok(()) => {
-                info!(node = %self.node, pod_cidrs = ?record.pod_cidrs, dir = %self.dir.display(),
+                info!(node = %self.node, pod_cidrs = %cidr_list(&record.pod_cidrs), dir = %self.dir.display(),
                     "wrote the node's podCIDRs for the IPAM");
                 self.written = Some(record.pod_cidrs);
                 self.failed = false;
@@ -315,4 +315,10 @@ impl PodCidrsFile {
             }
         }
     }
+}
+
+/// `10.244.1.0/24, fd00:10:244:1::/64` for log lines.
+fn cidr_list(cidrs: &[IpNetwork]) -> String {
+    let texts: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+    texts.join(", ")
 }
