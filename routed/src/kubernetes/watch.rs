@@ -116,18 +116,15 @@ pub async fn start(options: WatchOptions) -> Result<KubeRegistry, RoutedError> {
     let listed = tokio::time::timeout(waited, progress.wait_for(|p| p.listed))
         .await
         .is_ok_and(|r| r.is_ok());
-    match listed {
-        true => Ok(registry),
-        false => Err(RoutedError::KubeNodes {
-            server,
-            waited,
-            last_error: progress
-                .borrow()
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "no answer".into()),
-        }),
+    if listed {
+        return Ok(registry);
     }
+    let last_error = progress.borrow().last_error.clone();
+    Err(RoutedError::KubeNodes {
+        server,
+        waited,
+        last_error: last_error.unwrap_or_else(|| "no answer".into()),
+    })
 }
 
 /// Credentials: `--kubeconfig`, else the in-cluster service account (token and CA under
@@ -172,7 +169,7 @@ async fn watch_nodes(
         let event = tokio::select! {
             event = events.next() => event,
             _ = retry.tick(), if file.failed => {
-                file.sync(&registry.lock());
+                file.sync(own_pod_cidrs(&registry, &options.node));
                 continue;
             }
         };
@@ -190,9 +187,15 @@ async fn watch_nodes(
                 progress.send_modify(|p| p.last_error = Some(e.to_string()));
             }
         }
-        file.sync(&registry.lock());
+        file.sync(own_pod_cidrs(&registry, &options.node));
     }
     warn!(node = %options.node, "the Node watcher ended; peers and routes stay as they are");
+}
+
+/// This node's podCIDRs as the cache has them; the lock is not held while the file is
+/// written.
+fn own_pod_cidrs(registry: &KubeRegistry, node: &str) -> Option<Vec<IpNetwork>> {
+    registry.lock().get(node).map(|n| n.pod_cidrs.clone())
 }
 
 /// One watcher event into the cache. A (re-)list is gathered aside and replaces the
@@ -289,8 +292,8 @@ impl PodCidrsFile {
 
     /// Writes the file when the Node's podCIDRs differ from what was written. A Node
     /// without podCIDRs (not assigned yet) or gone leaves the file as it is.
-    fn sync(&mut self, cache: &NodeCache) {
-        let Some(pod_cidrs) = cache.get(&self.node).map(|n| n.pod_cidrs.clone()) else {
+    fn sync(&mut self, pod_cidrs: Option<Vec<IpNetwork>>) {
+        let Some(pod_cidrs) = pod_cidrs else {
             return;
         };
         if pod_cidrs.is_empty() || self.written.as_ref() == Some(&pod_cidrs) {
