@@ -381,9 +381,22 @@ fn serve(
     }
     if !request.is_watch() {
         let state = shared.0.lock().unwrap();
+        // As kube-apiserver does, list items carry no kind/apiVersion of their own.
+        let items: Vec<Value> = state
+            .nodes
+            .values()
+            .map(|node| {
+                let mut item = node.clone();
+                if let Some(fields) = item.as_object_mut() {
+                    fields.remove("kind");
+                    fields.remove("apiVersion");
+                }
+                item
+            })
+            .collect();
         let list = json!({"kind": "NodeList", "apiVersion": "v1",
             "metadata": {"resourceVersion": state.resource_version.to_string()},
-            "items": state.nodes.values().collect::<Vec<_>>()});
+            "items": items});
         drop(state);
         return respond(&mut stream, "200 OK", &list);
     }
