@@ -1,8 +1,9 @@
 //! A stand-in Kubernetes API server for Node objects, speaking the real list/watch
 //! protocol over HTTP/1.1 (no API server can run on the test machines):
 //!
-//! - `GET /api/v1/nodes` answers a `NodeList` whose `metadata.resourceVersion` is the
-//!   server's current one;
+//! - `GET /api/v1/nodes?limit=N[&continue=T]` answers a `NodeList` page whose
+//!   `metadata.resourceVersion` is the server's current one, with a `continue` token
+//!   while more Nodes remain;
 //! - `GET /api/v1/nodes?watch=true&resourceVersion=RV` streams, chunked, one JSON watch
 //!   event per line (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`, `ERROR`) for every change
 //!   after RV (`BOOKMARK` only with `allowWatchBookmarks=true`); an RV older than the last compaction gets `ERROR` with a 410 `Status`
@@ -394,13 +395,36 @@ fn serve(
                 item
             })
             .collect();
-        let list = json!({"kind": "NodeList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": state.resource_version.to_string()},
-            "items": items});
+        let list = page(&request, items, state.resource_version);
         drop(state);
         return respond(&mut stream, "200 OK", &list);
     }
     watch(stream, &request, shared, stop)
+}
+
+/// A `NodeList` page: `limit` items from the `continue` offset, with a `continue` token
+/// while more remain (the token is the offset: the tests change nothing mid-list).
+fn page(request: &Request, items: Vec<Value>, resource_version: u64) -> Value {
+    let start: usize = request
+        .query
+        .get("continue")
+        .and_then(|token| token.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = request
+        .query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let total = items.len();
+    let end = start.saturating_add(limit).min(total);
+    let mut metadata = json!({"resourceVersion": resource_version.to_string()});
+    if end < total {
+        metadata["continue"] = json!(end.to_string());
+        metadata["remainingItemCount"] = json!(total - end);
+    }
+    let items: Vec<Value> = items.into_iter().skip(start).take(end - start).collect();
+    json!({"kind": "NodeList", "apiVersion": "v1", "metadata": metadata, "items": items})
 }
 
 fn respond(stream: &mut TcpStream, status: &str, body: &Value) -> std::io::Result<()> {

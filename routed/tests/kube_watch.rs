@@ -2,7 +2,7 @@
 //! the real list/watch protocol with real Node JSON (conformance/src/fake_apiserver.rs):
 //! the initial list, ADDED/MODIFIED/DELETED, bookmarks, a dropped connection resumed
 //! from the last resourceVersion, 410 Gone forcing a re-list, the cache kept while the
-//! API server is away, and the podCIDRs file the IPAM reads.
+//! API server is away, paged lists, and the podCIDRs file the IPAM reads.
 
 #[allow(dead_code)] // the lab test uses the rest
 #[path = "../../conformance/src/fake_apiserver.rs"]
@@ -332,4 +332,33 @@ async fn no_api_server_fails_start_naming_the_server_and_the_error() {
     missing.first_list_timeout = Duration::from_secs(1);
     let e = start(missing).await.err().unwrap().to_string();
     assert!(e.contains("no-such-kubeconfig"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_larger_than_one_page_is_listed_in_pages() {
+    let server = FakeApiServer::start();
+    for n in 0..1100u32 {
+        let address = format!("10.100.{}.{}", n / 256, n % 256);
+        let cidr = format!("10.{}.{}.0/24", 200 + n / 256, n % 256);
+        server.apply(node_json(&format!("node-{n:04}"), &[&address], &[&cidr]));
+    }
+    let dir = Dir::new("pages");
+    let registry = start(options(&server, &dir, "node-0001")).await.unwrap();
+    assert_eq!(registry.nodes().unwrap().len(), 1100);
+    assert_eq!(registry.claims().unwrap().len(), 1100);
+    let pages: Vec<Request> = server
+        .requests()
+        .into_iter()
+        .filter(|r| !r.is_watch())
+        .collect();
+    assert_eq!(pages.len(), 3, "limit 500: three pages, {pages:#?}");
+    assert_eq!(pages[0].query.get("limit").map(String::as_str), Some("500"));
+    assert_eq!(
+        pages[1].query.get("continue").map(String::as_str),
+        Some("500")
+    );
+    assert_eq!(
+        pages[2].query.get("continue").map(String::as_str),
+        Some("1000")
+    );
 }
