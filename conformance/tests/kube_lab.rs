@@ -4,7 +4,9 @@
 //! watches it and meshes with the other Nodes' InternalIPs, announcing its Node's
 //! podCIDRs; pods attached by the real `fjord` plugin with the `kubernetes` IPAM store get
 //! addresses from their node's podCIDRs and reach the pods on the other nodes, IPv4 and
-//! IPv6, also after the API server has gone away (the plugin never calls it).
+//! IPv6, also after the API server has gone away (the plugin never calls it). And the
+//! daemon exits with a message naming the problem when its in-cluster credentials are
+//! missing or no Node has its `--node-name`.
 
 use fjord_conformance::fake_apiserver::{node_json, FakeApiServer};
 use fjord_conformance::lab::{spawn_in_netns, stop_child, Lab, LabPod, LabSpec, STOP_GRACE};
@@ -258,4 +260,72 @@ fn three_nodes_mesh_from_node_objects_and_pods_in_pod_cidrs_reach_each_other() {
         plugin(&lab, pod.node, &state, "DEL", &pod.pod).expect_ok();
     }
     drop(daemons);
+}
+
+/// Runs `fjord-routed run ... --store kubernetes:DIR EXTRA` in `ns` with `env` until it
+/// exits (it must, within 40 s); returns its stderr.
+fn routed_exit(ns: &Netns, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(fjord_bin("fjord-routed"));
+    cmd.args([
+        "run",
+        "--node-name",
+        "node-x",
+        "--node-address",
+        "10.251.0.1",
+    ])
+    .arg("--store")
+    .arg(format!("kubernetes:{}", dir.join("state").display()))
+    .arg("--socket")
+    .arg(dir.join("routed.sock"))
+    .arg("--mtu-file")
+    .arg(dir.join("mtu"))
+    .args(extra)
+    .env_remove("KUBECONFIG")
+    .env("HOME", dir)
+    .envs(env.iter().copied())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = spawn_in_netns(ns, &mut cmd);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while child.try_wait().expect("wait for fjord-routed").is_none() {
+        if Instant::now() > deadline {
+            stop_child(&mut child, STOP_GRACE);
+            panic!("fjord-routed did not exit within 40 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("fjord-routed output");
+    assert!(!out.status.success(), "fjord-routed exited with success");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_daemon_exits_naming_what_is_wrong_with_its_credentials_or_node_name() {
+    let ns = Netns::new("k");
+    let dir = fjord_conformance::TempDir::new("kube");
+    // In a pod without a mounted service account token.
+    let stderr = routed_exit(
+        &ns,
+        dir.path(),
+        &[],
+        &[
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ],
+    );
+    assert!(stderr.contains("in-cluster service account"), "{stderr}");
+    // An API server that has no Node by the daemon's --node-name.
+    let server = FakeApiServer::on(listener_in(&ns, "127.0.0.1:0".parse().unwrap()));
+    server.apply(node_json("node-1", &["10.251.0.9"], &["10.244.1.0/24"]));
+    let kubeconfig = dir.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let stderr = routed_exit(
+        &ns,
+        dir.path(),
+        &["--kubeconfig", &kubeconfig.display().to_string()],
+        &[],
+    );
+    assert!(stderr.contains("has no Node named node-x"), "{stderr}");
+    assert!(server.lists() >= 1, "it listed the Nodes first");
 }
