@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod error;
 pub mod install;
 pub mod kernel;
+pub mod kubernetes;
 pub mod mesh;
 pub mod rib;
 pub mod status;
