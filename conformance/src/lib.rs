@@ -9,6 +9,7 @@
 pub mod bins;
 pub mod kernel;
 pub mod lab;
+pub mod labstate;
 pub mod names;
 pub mod netns;
 pub mod peers;
