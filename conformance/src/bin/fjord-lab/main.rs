@@ -10,9 +10,6 @@
 //! ```
 
 mod etcd;
-mod icmp;
-mod matrix;
-mod probe;
 mod show;
 mod teardown;
 mod up;

@@ -1,13 +1,13 @@
 //! `fjord-lab up`: build the lab, start the daemons, attach the pods, wait for BGP and
 //! routes, print the peer tables and the reachability matrix.
 
-use crate::matrix::summarize;
-use crate::probe::{probe_all, ProbePod};
-use crate::{etcd, show, teardown, Place, Store, UpArgs};
+use crate::{etcd, show, teardown, Encapsulation, Place, Store, UpArgs};
 use anyhow::{bail, Context, Result};
 use fjord_conformance::fjord_bin_dir;
 use fjord_conformance::lab::{process_start_time, Lab, LabPod, LabSpec, Persistence};
 use fjord_conformance::labstate::{Journal, LabRequest, LabState, Phase};
+use fjord_conformance::reach::matrix::summarize;
+use fjord_conformance::reach::{probe_all, ProbePod};
 use nix::sys::signal::{SigSet, Signal};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +45,15 @@ fn count(what: &str, done: usize, total: usize) {
 }
 
 pub fn up(place: &Place, args: &UpArgs) -> Result<i32> {
+    if args.subnets > 1 && args.encapsulation == Encapsulation::Never {
+        bail!(
+            "--subnets {} with --encapsulation never cannot work: a node's route to a pod on \
+             another subnet would go via that node's address, which is not on a connected \
+             subnet; use --encapsulation cross-subnet (native within a subnet, VXLAN across) \
+             or always",
+            args.subnets
+        );
+    }
     check_binaries()?;
     refuse_if_running(place)?;
     let started = Instant::now();
