@@ -128,6 +128,11 @@ impl Place {
 }
 
 fn main() {
+    // `fjord-lab status | head` ends quietly, as other command-line tools do.
+    // SAFETY: setting a signal's disposition to the default before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let place = Place {
         dir: cli.dir.clone(),

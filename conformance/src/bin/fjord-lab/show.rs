@@ -91,7 +91,10 @@ pub fn status(place: &Place) -> Result<i32> {
         }
     }
     println!("\npods:");
-    for pod in &state.pods {
+    let mut pods: Vec<_> = state.pods.iter().collect();
+    // node1-pod2 before node1-pod10: by node, then by the pod's number.
+    pods.sort_by_key(|p| (p.node, p.name.len(), p.name.clone()));
+    for pod in pods {
         let show = |a: Option<std::net::IpAddr>| a.map(|a| a.to_string()).unwrap_or("-".into());
         println!(
             "  {:<14} on {:<8} {:<15} {}",

@@ -39,7 +39,7 @@ impl Steps {
 /// Prints `  what: done/total`, at most ~10 times per count (every item for small ones).
 fn count(what: &str, done: usize, total: usize) {
     let every = (total / 10).max(1);
-    if done == total || done % every == 0 {
+    if done == total || done.is_multiple_of(every) {
         eprintln!("      {what}: {done}/{total}");
     }
 }
