@@ -177,7 +177,9 @@ fn up_status_exec_second_up_down_leave_nothing_behind() {
     let second = text(&out);
     assert!(!out.status.success(), "a second up succeeded:\n{second}");
     assert!(second.contains("already up"), "{second}");
-    assert!(second.contains("fjord-lab down"), "{second}");
+    // The hint is the exact command for this lab.
+    let down_hint = format!("--prefix {} down", lab.prefix);
+    assert!(second.contains(&down_hint), "{second}");
     assert!(
         pids.iter().all(|p| alive(*p)),
         "the second up disturbed the daemons"
@@ -267,7 +269,7 @@ fn up_interrupted_by_sigint_cleans_up_and_by_sigkill_down_does() {
     );
     let out = lab.run(&["up"]);
     assert!(
-        text(&out).contains("did not finish") && text(&out).contains("fjord-lab down"),
+        text(&out).contains("did not finish") && text(&out).contains(" down`"),
         "up over a crashed lab: {}",
         text(&out)
     );

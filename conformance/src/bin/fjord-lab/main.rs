@@ -113,6 +113,22 @@ pub struct Place {
 }
 
 impl Place {
+    /// How to call fjord-lab for this lab, for hints: the program as it was called,
+    /// with `--dir`/`--prefix` when they are not the defaults.
+    pub fn invocation(&self) -> String {
+        let program = std::env::args()
+            .next()
+            .unwrap_or_else(|| "fjord-lab".into());
+        let mut call = program;
+        if self.dir != std::path::Path::new(DEFAULT_DIR) {
+            call.push_str(&format!(" --dir {}", self.dir.display()));
+        }
+        if self.prefix != DEFAULT_PREFIX {
+            call.push_str(&format!(" --prefix {}", self.prefix));
+        }
+        call
+    }
+
     pub fn state_file(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
     }

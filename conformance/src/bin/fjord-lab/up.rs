@@ -131,9 +131,10 @@ pub fn up(place: &Place, args: &UpArgs) -> Result<i32> {
     let reachable = probe_and_print(&lab, &pods, usize::from(args.parallel))?;
     journal.record(|s| s.phase = Phase::Up);
     let secs = started.elapsed().as_secs_f64();
+    let me = place.invocation();
     println!(
-        "\nlab {} is up in {secs:.1} s: {nodes} nodes, {} pods. Try:\n  fjord-lab status\n  \
-         fjord-lab exec node1-pod1 -- ping -c 2 {}\n  fjord-lab down",
+        "\nlab {} is up in {secs:.1} s: {nodes} nodes, {} pods. Try:\n  {me} status\n  \
+         {me} exec node1-pod1 -- ping -c 2 {}\n  {me} down",
         place.prefix,
         pods.len(),
         pods.last().map(|p| p.ipv4.to_string()).unwrap_or_default()
@@ -143,8 +144,9 @@ pub fn up(place: &Place, args: &UpArgs) -> Result<i32> {
     } else {
         eprintln!(
             "fjord-lab: some pods cannot reach others (see FAILED above); the lab is left up \
-             for inspection (daemon logs in {}); remove it with `fjord-lab down`",
-            place.dir.display()
+             for inspection (daemon logs in {}); remove it with `{} down`",
+            place.dir.display(),
+            place.invocation()
         );
         Ok(1)
     }
@@ -171,7 +173,7 @@ fn refuse_if_running(place: &Place) -> Result<()> {
     if let Some(state) = place.load()? {
         bail!(
             "a lab is already {} ({} nodes, {} pods; state file {}). Look at it with \
-             `fjord-lab status`; remove it with `fjord-lab down`",
+             `{me} status`; remove it with `{me} down`",
             if state.phase == Phase::Up {
                 "up"
             } else {
@@ -179,14 +181,16 @@ fn refuse_if_running(place: &Place) -> Result<()> {
             },
             state.nodes.len(),
             state.pods.len(),
-            place.state_file().display()
+            place.state_file().display(),
+            me = place.invocation()
         );
     }
     let leftovers = teardown::namespaces_with_prefix(&place.prefix);
     if !leftovers.is_empty() {
         bail!(
-            "namespaces of an earlier lab are still there ({}…); remove them with `fjord-lab down`",
-            leftovers[..leftovers.len().min(3)].join(", ")
+            "namespaces of an earlier lab are still there ({}…); remove them with `{} down`",
+            leftovers[..leftovers.len().min(3)].join(", "),
+            place.invocation()
         );
     }
     Ok(())
@@ -242,7 +246,10 @@ fn handle_signals(place: &Place, journal: Arc<Journal>) -> Result<()> {
             place.dir.display()
         );
         for p in &removed.problems {
-            eprintln!("fjord-lab: could not remove: {p} (run `fjord-lab down`)");
+            eprintln!(
+                "fjord-lab: could not remove: {p} (run `{} down`)",
+                place.invocation()
+            );
         }
         let _ = std::io::stdout().flush();
         std::process::exit(130);
@@ -254,6 +261,7 @@ fn handle_signals(place: &Place, journal: Arc<Journal>) -> Result<()> {
 /// with how to clean up.
 fn set_panic_message(place: &Place) {
     let dir = place.dir.clone();
+    let me = place.invocation();
     std::panic::set_hook(Box::new(move |info| {
         let message = info
             .payload()
@@ -263,7 +271,7 @@ fn set_panic_message(place: &Place) {
             .unwrap_or_else(|| "unknown failure".into());
         eprintln!(
             "\nfjord-lab up failed: {message}\n\nWhat was built is left for inspection (logs in \
-             {}); remove all of it with: fjord-lab down",
+             {}); remove all of it with: {me} down",
             dir.display()
         );
     }));
