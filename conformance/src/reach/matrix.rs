@@ -101,9 +101,9 @@ impl Matrix {
                 node_names[*from], node_names[*to]
             );
             for (probe, ok) in probes.iter().zip(cell.ok) {
-                let mark = if ok == cell.pairs { " " } else { "!" };
-                let fraction = format!("{ok}/{}", cell.pairs);
-                let _ = write!(out, " {mark}{fraction:>9} {}", probe.label());
+                let mark = if ok == cell.pairs { "" } else { "!" };
+                let fraction = format!("{mark}{ok}/{}", cell.pairs);
+                let _ = write!(out, " {fraction:>10} {}", probe.label());
             }
             out.push('\n');
         }
@@ -180,7 +180,7 @@ mod tests {
             .collect();
         let text = m.render(&nodes, &pods, 10);
         assert!(
-            text.contains("node1 -> node2:        2/2 ping4       2/2 ping6 !     1/2 tcp4"),
+            text.contains("node1 -> node2:        2/2 ping4        2/2 ping6       !1/2 tcp4"),
             "{text}"
         );
         assert!(
