@@ -215,10 +215,10 @@ pub struct Lab {
     underlay: Netns,
     /// Shared: the IPAM/node-registry store, sockets, logs, MTU files, peer configs.
     dir: LabHome,
+    /// A store other than the shared `dir:` one (see [`Lab::use_store`]).
+    store_override: Option<String>,
     /// Set for a persistent lab.
     persistence: Option<Persistence>,
-    /// Replaces the `dir:` store (e.g. `etcd:http://…` of an etcd started in the lab).
-    store_override: Option<String>,
     /// Veth ports made so far in the underlay namespace (their names, persistent labs).
     ports: std::sync::atomic::AtomicUsize,
 }
@@ -262,8 +262,8 @@ impl Lab {
             router: None,
             underlay,
             dir,
-            persistence,
             store_override: None,
+            persistence,
             ports: std::sync::atomic::AtomicUsize::new(0),
         };
         for s in 0..spec.subnets {
@@ -344,13 +344,14 @@ impl Lab {
         self.persistence.as_ref()
     }
 
-    /// Makes every node's daemon and plugin use `store` (e.g. `etcd:http://ADDR:2379`)
-    /// instead of the lab's shared `dir:` store.
-    pub fn set_store_arg(&mut self, store: String) {
+    /// Makes daemons and plugins started from now on use `spec` (e.g. `etcd:URL,…`)
+    /// instead of the shared `dir:` store; a persistent lab records it.
+    pub fn use_store(&mut self, spec: impl Into<String>) {
+        let spec = spec.into();
         if let Some(p) = &self.persistence {
-            p.journal.record(|s| s.store = store.clone());
+            p.journal.record(|s| s.store = spec.clone());
         }
-        self.store_override = Some(store);
+        self.store_override = Some(spec);
     }
 
     /// A namespace plugged into subnet `subnet` with host number `host`, forwarding on.
@@ -450,10 +451,10 @@ impl Lab {
     }
 
     pub fn store_arg(&self) -> String {
-        match &self.store_override {
-            Some(store) => store.clone(),
-            None => format!("dir:{}", self.store_dir().display()),
+        if let Some(spec) = &self.store_override {
+            return spec.clone();
         }
+        format!("dir:{}", self.store_dir().display())
     }
 
     /// `fjord-routed status` socket of node `i`.

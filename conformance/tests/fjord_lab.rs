@@ -1,7 +1,7 @@
 //! The real `fjord-lab` binary, end to end (issue 6, "fjord-lab: the main job"):
 //! `up` (small), `status`, `exec`, a second `up` refused, `down`, and nothing left
 //! behind; `up` interrupted by SIGINT (it cleans up itself) and by SIGKILL (`down`
-//! cleans up); and the in-process probe reporting the pairs of a cut-off pod as failed.
+//! cleans up) and by a `down` run meanwhile; and the in-process probe reporting the pairs of a cut-off pod as failed.
 //!
 //! Each test gives its lab a directory in its own temp dir and a namespace prefix
 //! `fjt<pid>L<n>-`, so tests (and a lab an operator runs, `fjl-`) never meet.
@@ -275,6 +275,27 @@ fn up_interrupted_by_sigint_cleans_up_and_by_sigkill_down_does() {
     );
     let out = lab.run(&["down"]);
     assert!(out.status.success(), "{}", text(&out));
+    lab.assert_gone(&pids);
+
+    // `down` while `up` is still building: up is stopped first, nothing is left.
+    let lab = TestLab::new();
+    let mut child = start_up_and_wait_for_a_daemon(&lab);
+    let pids: Vec<u32> = lab
+        .state()
+        .unwrap()
+        .processes
+        .iter()
+        .map(|p| p.pid)
+        .collect();
+    let out = lab.run(&["down"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("still running; stopping it first"),
+        "{}",
+        text(&out)
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130));
     lab.assert_gone(&pids);
 }
 

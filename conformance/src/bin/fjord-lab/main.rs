@@ -186,12 +186,17 @@ fn down(place: &Place) -> Result<i32> {
             None
         }
     };
-    if let Some(state) = &state {
-        stop_builder(state)?;
-    }
+    let builder_stopped = match &state {
+        Some(state) => stop_builder(state)?,
+        None => false,
+    };
     let removed = teardown::teardown(state.as_ref(), &place.prefix, &place.dir);
-    if state.is_none() && removed.namespaces == 0 && removed.processes == 0 && removed.dir.is_none()
-    {
+    let nothing = removed.namespaces == 0 && removed.processes == 0 && removed.dir.is_none();
+    if builder_stopped && nothing {
+        println!("fjord-lab: the interrupted `up` removed its lab; nothing else was left");
+        return Ok(0);
+    }
+    if state.is_none() && nothing {
         println!(
             "fjord-lab: no lab to tear down (no {}, no {}* namespaces)",
             place.state_file().display(),
@@ -220,13 +225,14 @@ fn down(place: &Place) -> Result<i32> {
 
 /// An `up` still building the lab is asked to stop (SIGTERM: it tears down what it
 /// built) before `down` sweeps, so the two do not race.
-fn stop_builder(state: &LabState) -> Result<()> {
+/// Returns whether there was one.
+fn stop_builder(state: &LabState) -> Result<bool> {
     let pid = state.builder_pid;
     if pid == std::process::id()
         || !teardown::alive(pid)
         || fjord_conformance::lab::process_start_time(pid) != Some(state.builder_start_time)
     {
-        return Ok(());
+        return Ok(false);
     }
     eprintln!("fjord-lab: `fjord-lab up` (pid {pid}) is still running; stopping it first");
     nix::sys::signal::kill(
@@ -238,5 +244,5 @@ fn stop_builder(state: &LabState) -> Result<()> {
     while teardown::alive(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    Ok(())
+    Ok(true)
 }

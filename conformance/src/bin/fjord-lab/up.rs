@@ -62,6 +62,23 @@ pub fn up(place: &Place, args: &UpArgs) -> Result<i32> {
     let journal = Arc::new(create_journal(place, args)?);
     handle_signals(place, journal.clone())?;
     set_panic_message(place);
+    build_and_probe(place, args, &journal, started).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\n\nWhat was built is left for inspection (logs in {}); remove all of it \
+             with: {} down",
+            place.dir.display(),
+            place.invocation()
+        )
+    })
+}
+
+/// Everything after the state file exists: see the module documentation.
+fn build_and_probe(
+    place: &Place,
+    args: &UpArgs,
+    journal: &Arc<Journal>,
+    started: Instant,
+) -> Result<i32> {
     let mut steps = Steps {
         total: if args.store == Store::Etcd { 8 } else { 7 },
         current: 0,
@@ -94,7 +111,7 @@ pub fn up(place: &Place, args: &UpArgs) -> Result<i32> {
         steps.step("etcd in host1 (the cluster store)");
         let store = etcd::start(&lab)?;
         eprintln!("      store {store}");
-        lab.set_store_arg(store);
+        lab.use_store(store);
     } else {
         journal.record(|s| s.store = lab.store_arg());
     }
