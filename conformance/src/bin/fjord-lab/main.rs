@@ -168,6 +168,7 @@ fn main() {
             Command::Down => down(&place),
         }
     })();
+    up::park_if_tearing_down();
     match outcome {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -10,9 +10,22 @@ use fjord_conformance::reach::matrix::summarize;
 use fjord_conformance::reach::{probe_all, ProbePod};
 use nix::sys::signal::{SigSet, Signal};
 use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Set by the signal thread when it starts tearing the lab down: from then on it alone
+/// may end the process (see [`park_if_tearing_down`]).
+static TEARING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// Blocks the calling thread for good while the signal thread tears the lab down. The
+/// builder's steps fail once their namespaces vanish; a panic or an early exit of the
+/// main thread would otherwise end the process before the teardown is done.
+pub fn park_if_tearing_down() {
+    while TEARING_DOWN.load(Ordering::SeqCst) {
+        std::thread::park_timeout(Duration::from_secs(60));
+    }
+}
 
 /// How long every pod route may take to reach every node after the pods are attached.
 const ROUTES_WITHIN: Duration = Duration::from_secs(60);
@@ -253,6 +266,7 @@ fn handle_signals(place: &Place, journal: Arc<Journal>) -> Result<()> {
     let place = place.clone();
     std::thread::spawn(move || {
         let Ok(signal) = set.wait() else { return };
+        TEARING_DOWN.store(true, Ordering::SeqCst);
         eprintln!("\nfjord-lab: {signal:?}: stopping and removing what was built");
         let state = journal.freeze();
         let removed = teardown::teardown(Some(&state), &place.prefix, &place.dir);
@@ -280,6 +294,7 @@ fn set_panic_message(place: &Place) {
     let dir = place.dir.clone();
     let me = place.invocation();
     std::panic::set_hook(Box::new(move |info| {
+        park_if_tearing_down();
         let message = info
             .payload()
             .downcast_ref::<String>()
