@@ -6,6 +6,7 @@ pub mod bgp;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod install;
 pub mod kernel;
 pub mod mesh;
 pub mod rib;
