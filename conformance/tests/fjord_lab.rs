@@ -198,7 +198,7 @@ fn up_status_exec_second_up_down_leave_nothing_behind() {
 /// still to come); returns the child.
 fn start_up_and_wait_for_a_daemon(lab: &TestLab) -> std::process::Child {
     let mut child = lab
-        .command(&["up", "--nodes", "3", "--pods-per-node", "3"])
+        .command(&["up", "--nodes", "3", "--pods-per-node", "4"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
