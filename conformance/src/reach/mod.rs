@@ -27,8 +27,9 @@ pub const PROBE_PORT: u16 = 7777;
 const ROUNDS: usize = 3;
 /// How long one round waits for replies / connections.
 const ROUND_WAIT: Duration = Duration::from_millis(1500);
-/// Connections in flight per worker (file descriptors: workers x this).
-const CONNECT_BATCH: usize = 128;
+/// Connections in flight per worker (file descriptors: workers x this); a lab of 200
+/// pods needs 398 per source (both families), so a source takes one batch per round.
+const CONNECT_BATCH: usize = 400;
 
 /// A pod to probe from and to.
 #[derive(Clone, Debug)]
@@ -136,45 +137,81 @@ fn accept_until(listeners: &[Socket], stop: &AtomicBool) {
     }
 }
 
-/// Pings every target in `targets` (pod indexes) from the current namespace: which
-/// answered. `id` tells our replies from anything else arriving at the pod.
-fn ping_all(pods: &[ProbePod], targets: &[usize], v6: bool, id: u16) -> std::io::Result<Vec<bool>> {
-    let (domain, protocol) = if v6 {
-        (Domain::IPV6, Protocol::ICMPV6)
-    } else {
-        (Domain::IPV4, Protocol::ICMPV4)
-    };
-    let socket = Socket::new(domain, Type::RAW, Some(protocol))?;
-    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let mut answered = vec![false; targets.len()];
+/// One probe of one target: which pod, over which family.
+#[derive(Clone, Copy, Debug)]
+struct Attempt {
+    target: usize,
+    v6: bool,
+}
+
+/// Every target of `targets` over both families, in [`PairResult::ok`]'s order within
+/// each protocol: all IPv4 first, then all IPv6.
+fn attempts(targets: &[usize]) -> Vec<Attempt> {
+    [false, true]
+        .iter()
+        .flat_map(|v6| {
+            targets.iter().map(move |t| Attempt {
+                target: *t,
+                v6: *v6,
+            })
+        })
+        .collect()
+}
+
+/// Waits up to 100 ms for `events` on `fds`; fills their `revents`.
+fn poll(fds: &mut [libc::pollfd]) {
+    // SAFETY: `fds` is a valid array of pollfd for its length.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+}
+
+/// Pings every attempt from the current namespace, both families in the same round:
+/// which were answered. `id` tells our replies from anything else arriving at the pod.
+fn ping_all(pods: &[ProbePod], tries: &[Attempt], id: u16) -> std::io::Result<Vec<bool>> {
+    let v4 = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+    let v6 = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    v4.set_nonblocking(true)?;
+    v6.set_nonblocking(true)?;
+    let mut answered = vec![false; tries.len()];
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
     for _ in 0..ROUNDS {
-        for (k, t) in targets.iter().enumerate() {
+        for (k, a) in tries.iter().enumerate() {
             if !answered[k] {
-                let to: SockAddr = SocketAddr::new(pods[*t].address(v6), 0).into();
+                let socket = if a.v6 { &v6 } else { &v4 };
+                let to: SockAddr = SocketAddr::new(pods[a.target].address(a.v6), 0).into();
                 // A full send buffer or an unreachable route is a lost echo; retried.
-                let _ = socket.send_to(&icmp::echo_request(v6, id, k as u16), &to);
+                let _ = socket.send_to(&icmp::echo_request(a.v6, id, k as u16), &to);
             }
         }
         let deadline = Instant::now() + ROUND_WAIT;
         while answered.contains(&false) && Instant::now() < deadline {
-            let Ok((len, from)) = socket.recv_from(&mut buf) else {
-                continue;
-            };
-            // SAFETY: recv_from initialised the first `len` bytes.
-            let datagram: &[u8] =
-                unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) };
-            let Some((reply_id, seq)) = icmp::echo_reply(v6, datagram) else {
-                continue;
-            };
-            let source = if v6 {
-                from.as_socket().map(|a| a.ip())
-            } else {
-                icmp::ipv4_source(datagram)
-            };
-            let k = usize::from(seq);
-            if reply_id == id && k < targets.len() && source == Some(pods[targets[k]].address(v6)) {
-                answered[k] = true;
+            let mut fds = [v4.as_raw_fd(), v6.as_raw_fd()].map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            poll(&mut fds);
+            for (socket, is_v6) in [(&v4, false), (&v6, true)] {
+                while let Ok((len, from)) = socket.recv_from(&mut buf) {
+                    // SAFETY: recv_from initialised the first `len` bytes.
+                    let datagram: &[u8] =
+                        unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) };
+                    let Some((reply_id, seq)) = icmp::echo_reply(is_v6, datagram) else {
+                        continue;
+                    };
+                    let source = if is_v6 {
+                        from.as_socket().map(|a| a.ip())
+                    } else {
+                        icmp::ipv4_source(datagram)
+                    };
+                    let k = usize::from(seq);
+                    if reply_id == id
+                        && tries.get(k).is_some_and(|a| {
+                            a.v6 == is_v6 && source == Some(pods[a.target].address(is_v6))
+                        })
+                    {
+                        answered[k] = true;
+                    }
+                }
             }
         }
         if !answered.contains(&false) {
@@ -184,16 +221,19 @@ fn ping_all(pods: &[ProbePod], targets: &[usize], v6: bool, id: u16) -> std::io:
     Ok(answered)
 }
 
-/// Opens a TCP connection to every target's `PROBE_PORT` from the current namespace,
-/// [`CONNECT_BATCH`] at a time: which connected.
-fn connect_all(pods: &[ProbePod], targets: &[usize], v6: bool) -> Vec<bool> {
-    let mut connected = vec![false; targets.len()];
+/// Opens a TCP connection for every attempt from the current namespace, up to
+/// [`CONNECT_BATCH`] at once: which connected.
+fn connect_all(pods: &[ProbePod], tries: &[Attempt]) -> Vec<bool> {
+    let mut connected = vec![false; tries.len()];
     for _ in 0..ROUNDS {
-        let missing: Vec<usize> = (0..targets.len()).filter(|k| !connected[*k]).collect();
+        let missing: Vec<usize> = (0..tries.len()).filter(|k| !connected[*k]).collect();
         for batch in missing.chunks(CONNECT_BATCH) {
             let addrs: Vec<SocketAddr> = batch
                 .iter()
-                .map(|k| SocketAddr::new(pods[targets[*k]].address(v6), PROBE_PORT))
+                .map(|k| {
+                    let a = tries[*k];
+                    SocketAddr::new(pods[a.target].address(a.v6), PROBE_PORT)
+                })
                 .collect();
             for (k, ok) in batch.iter().zip(connect_batch(&addrs)) {
                 connected[*k] = ok;
@@ -233,11 +273,7 @@ fn connect_batch(addrs: &[SocketAddr]) -> Vec<bool> {
                 revents: 0,
             })
             .collect();
-        // SAFETY: `fds` is a valid array of pollfd for its length.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
-        if ready <= 0 {
-            continue;
-        }
+        poll(&mut fds);
         let mut still = Vec::new();
         for ((k, socket), fd) in pending.into_iter().zip(&fds) {
             if fd.revents == 0 {
@@ -256,29 +292,59 @@ fn connect_batch(addrs: &[SocketAddr]) -> Vec<bool> {
 fn probe_from(pods: &[ProbePod], from: usize) -> std::io::Result<Vec<PairResult>> {
     enter(&pods[from].netns_path)?;
     let targets: Vec<usize> = (0..pods.len()).filter(|t| *t != from).collect();
+    let tries = attempts(&targets);
     let id = from as u16 ^ 0xf100;
-    let ping4 = ping_all(pods, &targets, false, id)?;
-    let ping6 = ping_all(pods, &targets, true, id)?;
-    let tcp4 = connect_all(pods, &targets, false);
-    let tcp6 = connect_all(pods, &targets, true);
+    let ping = ping_all(pods, &tries, id)?;
+    let tcp = connect_all(pods, &tries);
+    let n = targets.len();
     Ok(targets
         .iter()
         .enumerate()
         .map(|(k, to)| PairResult {
             from,
             to: *to,
-            ok: [ping4[k], ping6[k], tcp4[k], tcp6[k]],
+            ok: [ping[k], ping[n + k], tcp[k], tcp[n + k]],
         })
         .collect())
 }
 
-/// Probes every ordered pair of `pods` with `threads` workers; `progress(done, total)`
-/// is called from the workers as source pods finish.
+/// Raises this process's open-file limit to its hard limit and returns how many
+/// workers fit in it: each holds up to [`CONNECT_BATCH`] sockets, the listeners one per
+/// pod. A socket that cannot be opened would count as an unreachable pair, so the
+/// worker count gives way instead.
+fn workers_that_fit(pods: usize, wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the one struct passed.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            raised.rlim_cur
+        } else {
+            limit.rlim_cur
+        }
+    };
+    let spare = (soft as usize).saturating_sub(pods + 256);
+    wanted.clamp(1, (spare / (CONNECT_BATCH + 4)).max(1))
+}
+
+/// Probes every ordered pair of `pods` with up to `threads` workers (fewer when the
+/// open-file limit is low); `progress(done, total)` is called from the workers as
+/// source pods finish.
 pub fn probe_all(
     pods: &[ProbePod],
     threads: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Vec<PairResult>, String> {
+    let threads = workers_that_fit(pods.len(), threads);
     let listeners = open_listeners(pods, threads)?;
     let stop = Arc::new(AtomicBool::new(false));
     let next = AtomicUsize::new(0);

@@ -378,7 +378,9 @@ fn probe_and_print(lab: &Lab, pods: &[LabPod], parallel: usize) -> Result<bool> 
             v6: p.ipv6,
         })
         .collect();
-    let results = probe_all(&probe_pods, parallel, &|done, total| {
+    // Probe workers mostly wait for answers: more of them than plugin calls at a time.
+    let workers = (parallel * 4).min(32);
+    let results = probe_all(&probe_pods, workers, &|done, total| {
         count("source pods probed", done, total)
     })
     .map_err(anyhow::Error::msg)?;
