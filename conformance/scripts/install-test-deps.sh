@@ -37,6 +37,9 @@ if ! command -v apt-get >/dev/null 2>&1; then
     exit 1
 fi
 
+# fjord-lab up --store etcd runs Debian's etcd inside a lab namespace (docs/lab.md).
+PACKAGES+=(etcd-server)
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)

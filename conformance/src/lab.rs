@@ -19,7 +19,14 @@
 //! underlay routes (no pod routes, no default route). Nodes on a multi-subnet underlay
 //! get `10.250.0.0/16` and `fd00:250::/48` via their subnet's router, and nothing more.
 //!
-//! Every namespace is a [`Netns`] (`fjt<pid>…`), with `forwarding=1` for both families.
+//! Two lives, one topology: a test's lab ([`Lab::new`]) names everything `fjt<pid>…`,
+//! keeps its files in a temp dir and removes it all when the guards drop; a persistent lab
+//! ([`Lab::persistent`], what `fjord-lab up` builds) names everything `PREFIX…` (`fjl-`),
+//! keeps its files in a directory it is given, writes each namespace and process into a
+//! [`Journal`] before making it, and outlives the process that built it (`fjord-lab down`
+//! removes it).
+//!
+//! Every namespace is a [`Netns`], with `forwarding=1` for both families.
 //! Nothing is created in the root namespace: veth pairs are made inside the underlay
 //! namespace with their far end placed straight into the node, and processes enter their
 //! namespace with `setns` between fork and exec. Daemons, namespaces and the temp dir go
@@ -27,6 +34,7 @@
 
 use crate::bins::{fjord_bin, fjord_bin_dir, REFERENCE_PLUGIN_DIR};
 use crate::kernel::Route;
+use crate::labstate::{Journal, LabState, NodeRecord, PodRecord, ProcessRecord};
 use crate::netns::Netns;
 use crate::plugin::{result_ipv4, result_ipv6, CallOutcome, PluginCall, Pod};
 use crate::tempdir::TempDir;
@@ -169,6 +177,34 @@ pub fn underlay_v6(subnet: usize, host: u16) -> Ipv6Addr {
 /// Process ids of the daemons a lab started, by node, until their guard reaps them.
 type Registry = Arc<Mutex<Vec<(usize, u32)>>>;
 
+/// Where a lab keeps its files.
+#[derive(Debug)]
+enum LabHome {
+    /// A test's: removed on drop.
+    Temp(TempDir),
+    /// A persistent lab's (`/run/fjord-lab`): left for `fjord-lab down`.
+    Kept(PathBuf),
+}
+
+impl LabHome {
+    fn path(&self) -> &Path {
+        match self {
+            LabHome::Temp(dir) => dir.path(),
+            LabHome::Kept(path) => path,
+        }
+    }
+}
+
+/// How a persistent lab names and records what it makes.
+#[derive(Debug, Clone)]
+pub struct Persistence {
+    /// Every namespace name starts with it: `fjl-` gives `fjl-node1`, `fjl-node1-pod1`.
+    pub prefix: String,
+    /// The lab's directory: store, sockets, logs, the state file.
+    pub dir: PathBuf,
+    pub journal: Arc<Journal>,
+}
+
 /// A virtual cluster; see the module documentation.
 #[derive(Debug)]
 pub struct Lab {
@@ -178,18 +214,46 @@ pub struct Lab {
     router: Option<Netns>,
     underlay: Netns,
     /// Shared: the IPAM/node-registry store, sockets, logs, MTU files, peer configs.
-    dir: TempDir,
+    dir: LabHome,
+    /// A store other than the shared `dir:` one (see [`Lab::use_store`]).
+    store_override: Option<String>,
+    /// Set for a persistent lab.
+    persistence: Option<Persistence>,
+    /// Veth ports made so far in the underlay namespace (their names, persistent labs).
+    ports: std::sync::atomic::AtomicUsize,
 }
 
 impl Lab {
-    /// Builds the namespaces and the underlay. Panics (cleaning up what exists) when the
-    /// kernel refuses something.
+    /// Builds the namespaces and the underlay of a test's lab. Panics (cleaning up what
+    /// exists) when the kernel refuses something.
     pub fn new(spec: LabSpec) -> Lab {
+        Lab::build(spec, None, &mut |_| {})
+    }
+
+    /// Builds a persistent lab (see the module documentation): names from
+    /// `persistence.prefix`, files in `persistence.dir`, every namespace recorded in the
+    /// journal before it is made. `progress` hears of each machine made.
+    pub fn persistent(
+        spec: LabSpec,
+        persistence: Persistence,
+        progress: &mut dyn FnMut(&str),
+    ) -> Lab {
+        Lab::build(spec, Some(persistence), progress)
+    }
+
+    fn build(
+        spec: LabSpec,
+        persistence: Option<Persistence>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Lab {
         assert!(spec.subnets >= 1, "a lab needs at least one subnet");
         assert!(spec.subnets < 250 && spec.nodes < 100 && spec.hosts < 100);
-        let dir = TempDir::new("lab");
-        std::fs::create_dir_all(dir.join("store")).expect("create the lab store");
-        let underlay = Netns::new("u");
+        let dir = match &persistence {
+            None => LabHome::Temp(TempDir::new("lab")),
+            Some(p) => LabHome::Kept(p.dir.clone()),
+        };
+        std::fs::create_dir_all(dir.path().join("store")).expect("create the lab store");
+        let underlay = make_netns(persistence.as_ref(), "u", "underlay");
         disable_dad(&underlay);
         let mut lab = Lab {
             running: Arc::new(Mutex::new(Vec::new())),
@@ -198,6 +262,9 @@ impl Lab {
             router: None,
             underlay,
             dir,
+            store_override: None,
+            persistence,
+            ports: std::sync::atomic::AtomicUsize::new(0),
         };
         for s in 0..spec.subnets {
             let br = bridge_name(s);
@@ -208,7 +275,7 @@ impl Lab {
             lab.underlay.ip(&["link", "set", &br, "up"]);
         }
         if spec.subnets > 1 {
-            let router = Netns::new("r");
+            let router = lab.make_netns("r", "router");
             enable_forwarding(&router);
             for s in 0..spec.subnets {
                 let ifname = format!("eth{s}");
@@ -221,6 +288,7 @@ impl Lab {
                 );
             }
             lab.router = Some(router);
+            progress("router");
         }
         for i in 0..spec.nodes {
             let subnet = i % spec.subnets;
@@ -236,18 +304,59 @@ impl Lab {
                     .netns
                     .ip(&["-6", "route", "add", "fd00:250::/48", "via", &gw6]);
             }
+            lab.record_node(&machine);
+            progress(&machine.name);
             lab.nodes.push(machine);
         }
         for k in 0..spec.hosts {
             let machine = lab.machine(format!("host{}", k + 1), "h", 0, 101 + k as u16);
+            progress(&machine.name);
             lab.hosts.push(machine);
         }
         lab
     }
 
+    /// A namespace for `role` (test labs: `fjt<pid><role><n>`) or named `PREFIX` +
+    /// `name` (persistent labs: recorded first, kept when the handle drops).
+    fn make_netns(&self, role: &str, name: &str) -> Netns {
+        make_netns(self.persistence.as_ref(), role, name)
+    }
+
+    /// Writes a persistent lab's node into the state file (status and exec read it).
+    fn record_node(&self, machine: &Machine) {
+        let Some(p) = &self.persistence else { return };
+        let i = self.nodes.len();
+        let record = NodeRecord {
+            name: machine.name.clone(),
+            netns: machine.netns.name().to_string(),
+            subnet: machine.subnet,
+            address_v4: IpAddr::V4(machine.v4),
+            address_v6: IpAddr::V6(machine.v6),
+            socket: self.dir.path().join(format!("{}.sock", machine.name)),
+            log: self.dir.path().join(format!("{}.routed.log", machine.name)),
+        };
+        debug_assert_eq!(i, p.journal.snapshot().nodes.len());
+        p.journal.record(|s| s.nodes.push(record));
+    }
+
+    /// The persistent lab's settings, `None` for a test's lab.
+    pub fn persistence(&self) -> Option<&Persistence> {
+        self.persistence.as_ref()
+    }
+
+    /// Makes daemons and plugins started from now on use `spec` (e.g. `etcd:URL,…`)
+    /// instead of the shared `dir:` store; a persistent lab records it.
+    pub fn use_store(&mut self, spec: impl Into<String>) {
+        let spec = spec.into();
+        if let Some(p) = &self.persistence {
+            p.journal.record(|s| s.store = spec.clone());
+        }
+        self.store_override = Some(spec);
+    }
+
     /// A namespace plugged into subnet `subnet` with host number `host`, forwarding on.
     fn machine(&self, name: String, role: &str, subnet: usize, host: u16) -> Machine {
-        let netns = Netns::new(role);
+        let netns = self.make_netns(role, &name);
         enable_forwarding(&netns);
         let v4 = underlay_v4(subnet, host);
         let v6 = underlay_v6(subnet, host);
@@ -264,7 +373,15 @@ impl Lab {
     /// A veth from subnet `subnet`'s bridge to `ifname` in `ns`, with the two addresses.
     /// Made inside the underlay namespace, so the root namespace never sees it.
     fn plug(&self, ns: &Netns, subnet: usize, ifname: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
-        let port = crate::names::unique_ifname("p");
+        // Ports live only in the underlay namespace: a counter names them uniquely there.
+        let port = match &self.persistence {
+            None => crate::names::unique_ifname("p"),
+            Some(_) => format!(
+                "p{}",
+                self.ports
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+        };
         self.underlay.ip(&[
             "link",
             "add",
@@ -322,29 +439,38 @@ impl Lab {
         self.dir.path()
     }
 
+    /// The lab's temp dir (store, sockets, logs); kept for `fjord-lab down` in a
+    /// persistent lab.
+    fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
     /// The shared store root; `--store` and the plugin's `store` are `dir:` + this.
     pub fn store_dir(&self) -> PathBuf {
-        self.dir.join("store")
+        self.join("store")
     }
 
     pub fn store_arg(&self) -> String {
+        if let Some(spec) = &self.store_override {
+            return spec.clone();
+        }
         format!("dir:{}", self.store_dir().display())
     }
 
     /// `fjord-routed status` socket of node `i`.
     pub fn socket(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("{}.sock", self.node(i).name))
+        self.join(format!("{}.sock", self.node(i).name))
     }
 
     /// Where node `i`'s daemon writes stdout and stderr (appended across restarts).
     pub fn routed_log(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("{}.routed.log", self.node(i).name))
+        self.join(format!("{}.routed.log", self.node(i).name))
     }
 
     /// Where node `i`'s daemon records the pod MTU for the plugin (not /run/fjord/mtu,
     /// which all lab nodes would share).
     pub fn mtu_file(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("{}.mtu", self.node(i).name))
+        self.join(format!("{}.mtu", self.node(i).name))
     }
 
     /// The last `bytes` of node `i`'s daemon log, for failure messages.
@@ -402,7 +528,16 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log);
-        let child = spawn_in_netns(self.node(i).netns(), &mut cmd);
+        let netns = self.node(i).netns();
+        let child = match &self.persistence {
+            None => spawn_in_netns(netns, &mut cmd),
+            Some(p) => spawn_recorded(
+                &p.journal,
+                &format!("fjord-routed {}", self.node(i).name),
+                netns,
+                &mut cmd,
+            ),
+        };
         self.running
             .lock()
             .expect("registry lock")
@@ -413,6 +548,7 @@ impl Lab {
             log: log_path,
             registry: self.running.clone(),
             description: format!("{} {}", binary.display(), args.join(" ")),
+            detached: false,
         }
     }
 
@@ -577,7 +713,7 @@ impl Lab {
             "cniVersion": "1.0.0",
             "name": "fjord-lab",
             "type": "fjord",
-            "logFile": self.dir.join(format!("{}.cni.log", node.name)).display().to_string(),
+            "logFile": self.join(format!("{}.cni.log", node.name)).display().to_string(),
             "mtuFile": self.mtu_file(i).display().to_string(),
             "ipam": {
                 "type": "fjord-ipam",
@@ -605,7 +741,48 @@ impl Lab {
 
     /// A new pod on node `i`, attached by the real `fjord` plugin (ADD, CNI 1.0.0).
     pub fn add_pod(&self, i: usize) -> LabPod {
-        let pod = Pod::new();
+        self.add_pod_as(i, Pod::new())
+    }
+
+    /// Pod number `number` (from 1) of node `i`: in a persistent lab its namespace is
+    /// `PREFIX` + `nodeI-podN`, recorded before it is made, and the pod (name, addresses)
+    /// is recorded once attached; in a test's lab it is [`Lab::add_pod`].
+    pub fn add_numbered_pod(&self, i: usize, number: usize) -> LabPod {
+        let Some(p) = &self.persistence else {
+            return self.add_pod(i);
+        };
+        let name = format!("{}-pod{number}", self.node(i).name);
+        let netns = make_netns(Some(p), "p", &name);
+        let container_id = format!("fjord-lab-{}{name}", p.prefix);
+        p.journal.record(|s| {
+            s.pods.push(PodRecord {
+                name: name.clone(),
+                node: i,
+                netns: netns.name().to_string(),
+                container_id: container_id.clone(),
+                ipv4: None,
+                ipv6: None,
+            })
+        });
+        let pod = self.add_pod_as(
+            i,
+            Pod {
+                netns,
+                container_id,
+                ifname: "eth0".into(),
+            },
+        );
+        p.journal.record(|s| {
+            if let Some(record) = s.pods.iter_mut().find(|r| r.name == name) {
+                record.ipv4 = Some(pod.ipv4);
+                record.ipv6 = Some(pod.ipv6);
+            }
+        });
+        pod
+    }
+
+    /// Attaches `pod` (its namespace made) to node `i` with the plugin's ADD.
+    fn add_pod_as(&self, i: usize, pod: Pod) -> LabPod {
         let result = self.plugin_call(i, "ADD", &pod).expect_ok();
         let v4 = result_ipv4(&result).ip();
         let v6 = result_ipv6(&result).ip();
@@ -618,6 +795,16 @@ impl Lab {
         }
     }
 
+    /// Starts `cmd` in `ns` as a process of the lab: in a persistent lab it gets a
+    /// session of its own (a Ctrl-C at the terminal is `fjord-lab`'s to handle) and is
+    /// recorded in the journal as `role`; the caller owns the child.
+    pub fn spawn_service(&self, role: &str, ns: &Netns, cmd: &mut Command) -> Child {
+        match &self.persistence {
+            None => spawn_in_netns(ns, cmd),
+            Some(p) => spawn_recorded(&p.journal, role, ns, cmd),
+        }
+    }
+
     /// DEL of `pod` on its node, asserting success.
     pub fn del_pod(&self, pod: &LabPod) {
         self.plugin_call(pod.node, "DEL", &pod.pod).expect_ok();
@@ -626,6 +813,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if self.persistence.is_some() {
+            // A persistent lab's daemons outlive the process that built it.
+            return;
+        }
         // Daemons whose guards outlive the lab lose their namespaces' names now; kill
         // them rather than leave them running. Their guards still reap them.
         if let Ok(running) = self.running.lock() {
@@ -634,6 +825,57 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// See [`Lab::make_netns`].
+fn make_netns(persistence: Option<&Persistence>, role: &str, name: &str) -> Netns {
+    let Some(p) = persistence else {
+        return Netns::new(role);
+    };
+    let full = format!("{}{name}", p.prefix);
+    p.journal.around(
+        |s| s.namespaces.push(full.clone()),
+        || Netns::create_named(&full).keep(),
+        |_, _| {},
+    )
+}
+
+/// Spawns `cmd` in `ns` in a session of its own, recording it as `role` in `journal`
+/// (under the journal's lock, so a teardown cannot miss it).
+fn spawn_recorded(journal: &Journal, role: &str, ns: &Netns, cmd: &mut Command) -> Child {
+    // SAFETY: setsid and sigprocmask are async-signal-safe system calls. The builder
+    // blocks SIGINT/SIGTERM in all its threads to handle them in one; its daemons must
+    // not inherit that mask, or `fjord-lab down`'s SIGTERM would never reach them.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            nix::sys::signal::SigSet::all()
+                .thread_unblock()
+                .map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    journal.around(
+        |_| {},
+        || spawn_in_netns(ns, cmd),
+        |s: &mut LabState, child: &Child| {
+            s.processes.push(ProcessRecord {
+                role: role.to_string(),
+                netns: ns.name().to_string(),
+                pid: child.id(),
+                start_time: process_start_time(child.id()).unwrap_or(0),
+            })
+        },
+    )
+}
+
+/// Field 22 of `/proc/PID/stat` (start time in clock ticks since boot), `None` when the
+/// process is gone.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `PID (COMM) STATE …`: fields after COMM start at 3; COMM may hold spaces.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// `u0`, `u1`, …: the bridge of each subnet, inside the underlay namespace.
@@ -731,9 +973,20 @@ pub struct RoutedProcess {
     log: PathBuf,
     registry: Registry,
     description: String,
+    /// Left running on drop (a persistent lab's daemon).
+    detached: bool,
 }
 
 impl RoutedProcess {
+    /// Lets the daemon run on after this guard and the lab drop (a persistent lab's:
+    /// `fjord-lab down` stops it by the pid in the state file). Returns its pid.
+    /// It stays in the lab's registry, so [`Lab::routed_alive`] and [`Lab::kill_routed`]
+    /// still see it (a persistent lab's drop kills nothing).
+    pub fn detach(mut self) -> u32 {
+        self.detached = true;
+        self.child.id()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -790,6 +1043,9 @@ impl RoutedProcess {
 
 impl Drop for RoutedProcess {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         self.stop_now();
     }
 }

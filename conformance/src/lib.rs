@@ -10,10 +10,12 @@ pub mod bins;
 pub mod fake_apiserver;
 pub mod kernel;
 pub mod lab;
+pub mod labstate;
 pub mod names;
 pub mod netns;
 pub mod peers;
 pub mod plugin;
+pub mod reach;
 pub mod store;
 pub mod tempdir;
 

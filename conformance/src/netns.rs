@@ -87,6 +87,33 @@ impl Netns {
         &self.name
     }
 
+    /// Creates a namespace with exactly this name (a persistent lab's, e.g. `fjl-node1`)
+    /// and brings its `lo` up. Deleted on drop unless [`Netns::keep`] is called.
+    pub fn create_named(name: &str) -> Netns {
+        ip(&["netns", "add", name]);
+        let ns = Netns {
+            name: name.to_string(),
+            deleted: false,
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A handle on a namespace that already exists; never deleted on drop.
+    pub fn existing(name: &str) -> Netns {
+        Netns {
+            name: name.to_string(),
+            deleted: true,
+        }
+    }
+
+    /// Leaves the namespace in place when this handle drops (a persistent lab outlives
+    /// the process that built it; `fjord-lab down` removes it).
+    pub fn keep(mut self) -> Netns {
+        self.deleted = true;
+        self
+    }
+
     /// `/var/run/netns/NAME`, what a runtime passes as `CNI_NETNS`.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(NETNS_DIR).join(&self.name)
