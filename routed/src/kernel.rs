@@ -81,6 +81,8 @@ pub enum KernelError {
         family: &'static str,
         source: io::Error,
     },
+    #[error("cannot {action} on fjord.vxlan: {source}")]
+    Vxlan { action: String, source: io::Error },
     /// Every change was attempted; these failed (the first [`ERRORS_KEPT`] are kept).
     #[error("{failed} of {attempted} route changes failed, first: {}", errors[0])]
     Batch {

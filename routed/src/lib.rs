@@ -5,9 +5,11 @@
 pub mod bgp;
 pub mod config;
 pub mod daemon;
+pub mod encap;
 pub mod error;
 pub mod kernel;
 pub mod mesh;
 pub mod rib;
 pub mod status;
 pub mod underlay;
+pub mod vxlan;

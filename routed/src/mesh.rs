@@ -108,6 +108,7 @@ mod tests {
             store: "dir:/tmp/x".parse().unwrap(),
             peers,
             mesh,
+            encapsulation: crate::config::Encapsulation::CrossSubnet,
             listen_port: 179,
             socket: "/tmp/s".into(),
             hold_time: 30,
