@@ -339,6 +339,10 @@ fn destination(m: &NeighbourMessage) -> Option<IpAddr> {
     m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
         NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        // An FDB entry (family AF_BRIDGE) carries its IPv4 destination as raw bytes.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+            <[u8; 4]>::try_from(raw.as_slice()).ok().map(IpAddr::from)
+        }
         _ => None,
     })
 }
