@@ -343,8 +343,10 @@ fn transfer_both_ways(from: &LabPod, to: &LabPod, v6: bool) {
         }
         let mut out = from.netns().run("timeout", &args);
         for _ in 0..20 {
-            // The server may not listen yet, or be finishing the previous test.
-            if out.status.success() {
+            // The server may not listen yet, or still be finishing the previous test:
+            // that fails at once. A stalled transfer (timeout's 124) is not retried.
+            let refused = !out.status.success() && out.status.code() != Some(124);
+            if !refused || !String::from_utf8_lossy(&out.stdout).contains("connect") {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
