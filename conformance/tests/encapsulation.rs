@@ -12,6 +12,7 @@
 //! - Every switch is a restart with another mode, and each converges to exactly the new
 //!   mode's state (no device, FDB, neighbour or route of the previous one); a node that
 //!   leaves takes its routes, FDB and neighbour entries with it.
+//! - A `fjord.vxlan` deleted by hand comes back with all its entries and routes.
 //! - An underlay at MTU 1400 gives 1350 everywhere (pod, `fjord.vxlan`, MTU file).
 //!
 //! Every node drops outgoing ICMP "fragmentation needed" / "packet too big", as networks
@@ -439,6 +440,13 @@ fn four_nodes_two_subnets_in_every_mode_with_switches_and_a_node_leaving() {
             transfer_both_ways(&pods[a], &pods[b], v6);
         }
     }
+
+    // Someone deletes node1's device: the next registry poll recreates it and a
+    // reconcile restores its FDB and neighbour entries and the routes through it.
+    lab.node(0).netns().ip(&["link", "del", VXLAN]);
+    assert_eq!(observe(&lab, 0).device_mtu, None);
+    wait_converged(&lab, Mode::CrossSubnet, &all, &blocks);
+    assert_ping(&pods[0], &pods[1], true);
 
     // never: cross-subnet peers unreachable, no device, same-subnet traffic works.
     drop(daemons);
