@@ -4,7 +4,9 @@
 # runs only when something is missing. Fails with a message naming what is still missing.
 #
 #   iproute2                      ip, ip netns (every test)
-#   util-linux                    nsenter (podman and containerd inside a node namespace)
+#   util-linux                    nsenter (podman and containerd inside a node namespace),
+#                                 setpriv (tests/deploy.rs confines fjord-routed to the
+#                                 DaemonSet's capabilities)
 #   iputils-ping                  ping from pod namespaces
 #   containernetworking-plugins   the reference ptp + host-local (+ loopback) in /usr/lib/cni
 #   podman runc conmon            the podman CNI end-to-end test (tests/podman.rs)
@@ -12,12 +14,19 @@
 #   iperf3                        datapath throughput figures
 #   procps                        ps, pgrep for debugging runaway plugins
 #   python3                       demo.sh pretty-prints results with it
+#   python3-venv                  the venv below for kubernetes-validate
+#
+# And from PyPI, in its own venv (/opt/fjord-test-venv, or $FJORD_TEST_VENV):
+#   kubernetes-validate           checks deploy/*.yaml offline against the Kubernetes
+#                                 schemas it bundles (tests/deploy.rs); PyYAML comes with it
 set -euo pipefail
 
 PACKAGES=(
     iproute2 util-linux iputils-ping containernetworking-plugins
-    podman runc conmon busybox-static iperf3 procps python3
+    podman runc conmon busybox-static iperf3 procps python3 python3-venv
 )
+KUBERNETES_VALIDATE_VERSION=1.37.0
+TEST_VENV=${FJORD_TEST_VENV:-/opt/fjord-test-venv}
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-test-deps.sh: run as root (it installs Debian packages)" >&2
@@ -41,13 +50,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Debian's own python3 (not a pyenv or other interpreter first on PATH) makes the venv.
+if ! "$TEST_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
+    echo "install-test-deps.sh: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $TEST_VENV"
+    /usr/bin/python3 -m venv "$TEST_VENV"
+    "$TEST_VENV/bin/pip" install -q --disable-pip-version-check \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+
 # What the tests execute, checked by path: a package can be installed and still not
 # provide what a test expects (a renamed file, a diverted binary).
 required=(
     /usr/lib/cni/ptp /usr/lib/cni/host-local /usr/lib/cni/loopback
-    /bin/busybox
+    /bin/busybox "$TEST_VENV/bin/kubernetes-validate" "$TEST_VENV/bin/python"
 )
-commands=(ip nsenter ping podman runc conmon iperf3)
+commands=(ip nsenter setpriv ping podman runc conmon iperf3)
 problems=()
 for path in "${required[@]}"; do
     [ -x "$path" ] || problems+=("$path is missing")

@@ -27,6 +27,9 @@ pub enum CliCommand {
     Run(RunArgs),
     /// Print the peer table of a running daemon.
     Status(StatusArgs),
+    /// Install `fjord`, `fjord-ipam` and the conflist on the node, atomically (the
+    /// DaemonSet's init container).
+    InstallCni(InstallCniArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,6 +106,47 @@ pub struct StatusArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstallCniArgs {
+    /// Where `fjord` and `fjord-ipam` are in the image.
+    #[arg(
+        long,
+        env = "FJORD_CNI_SOURCE_BIN_DIR",
+        default_value = "/opt/fjord/bin"
+    )]
+    pub source_bin_dir: PathBuf,
+    /// The node's CNI bin directory, as mounted into the container.
+    #[arg(long, env = "FJORD_CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+    /// The node's CNI config directory, as mounted into the container.
+    #[arg(
+        long,
+        env = "FJORD_CNI_CONF_DIR",
+        default_value = "/host/etc/cni/net.d"
+    )]
+    pub cni_conf_dir: PathBuf,
+    /// The conflist template (placeholders __FJORD_NODE_NAME__ and __FJORD_STORE__).
+    #[arg(
+        long,
+        env = "FJORD_CNI_CONFLIST_TEMPLATE",
+        default_value = "/etc/fjord/cni/10-fjord.conflist"
+    )]
+    pub conflist_template: PathBuf,
+    /// File name of the installed conflist.
+    #[arg(
+        long,
+        env = "FJORD_CNI_CONFLIST_NAME",
+        default_value = "10-fjord.conflist"
+    )]
+    pub conflist_name: String,
+    /// This node's name, for __FJORD_NODE_NAME__.
+    #[arg(long, env = "FJORD_NODE_NAME")]
+    pub node_name: String,
+    /// The store the daemon uses, for __FJORD_STORE__.
+    #[arg(long, env = "FJORD_STORE", default_value = "dir:/var/lib/fjord/ipam")]
+    pub store: String,
 }
 
 /// An extra peer from `--peer`.

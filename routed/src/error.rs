@@ -33,4 +33,23 @@ pub enum RoutedError {
     },
     #[error("cannot install the signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("install-cni: cannot {op} {}: {source}", .path.display())]
+    Install {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("install-cni: the conflist template is unusable: {reason}")]
+    Conflist { reason: String },
+}
+
+impl RoutedError {
+    /// Wraps an I/O error of the installer with the path and what it was doing.
+    pub fn install(
+        path: impl Into<PathBuf>,
+        op: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> RoutedError {
+        let path = path.into();
+        move |source| RoutedError::Install { path, op, source }
+    }
 }

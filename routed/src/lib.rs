@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod encap;
 pub mod error;
+pub mod install;
 pub mod kernel;
 pub mod mesh;
 pub mod rib;

@@ -1,8 +1,8 @@
 //! `fjord-routed`: the per-node route daemon (`run`) and its status client (`status`).
 
 use clap::Parser;
-use fjord_routed::config::{Cli, CliCommand, StatusArgs};
-use fjord_routed::{daemon, status};
+use fjord_routed::config::{Cli, CliCommand, InstallCniArgs, StatusArgs};
+use fjord_routed::{daemon, install, status};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -33,6 +33,55 @@ fn main() -> ExitCode {
             }
         }
         CliCommand::Status(args) => runtime.block_on(print_status(&args)),
+        CliCommand::InstallCni(args) => install_cni(&args),
+    }
+}
+
+/// The init container's work: one line per file, a warning per shadowing config.
+fn install_cni(args: &InstallCniArgs) -> ExitCode {
+    let template = match std::fs::read_to_string(&args.conflist_template) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "fjord-routed install-cni: cannot read the conflist template {}: {e}",
+                args.conflist_template.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let plan = install::InstallPlan {
+        source_bin_dir: args.source_bin_dir.clone(),
+        cni_bin_dir: args.cni_bin_dir.clone(),
+        cni_conf_dir: args.cni_conf_dir.clone(),
+        conflist_name: args.conflist_name.clone(),
+        template,
+        node_name: args.node_name.clone(),
+        store: args.store.clone(),
+    };
+    match install::install(&plan) {
+        Ok(report) => {
+            for file in &report.files {
+                let what = if file.changed {
+                    "installed"
+                } else {
+                    "unchanged"
+                };
+                println!("{what} {} ({} bytes)", file.path.display(), file.bytes);
+            }
+            for other in &report.shadowing_configs {
+                eprintln!(
+                    "warning: {} sorts before {} in {}: the runtime uses the first network config, so Fjord is not used until it is removed",
+                    other,
+                    args.conflist_name,
+                    args.cni_conf_dir.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fjord-routed {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

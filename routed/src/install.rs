@@ -1,0 +1,276 @@
+//! `fjord-routed install-cni`: what the DaemonSet's init container runs to put the `fjord`
+//! and `fjord-ipam` binaries into the node's CNI bin directory and the conflist into its
+//! CNI config directory.
+//!
+//! Every file is written atomically: to a temporary name in the target directory, synced,
+//! then renamed over the old one, and the directory synced. The kubelet and the runtime
+//! never see a half-written conflist, and a pod starting during an upgrade runs either the
+//! old `fjord` or the new one, never a truncated file (a running old binary keeps its
+//! inode). The binaries go first and the conflist last: a conflist is what tells the
+//! runtime the network is ready, so it must not appear before the plugins it names.
+
+use crate::error::RoutedError;
+use fjord_ipam::IpamConfig;
+use serde_json::Value;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The binaries the init container installs, in this order.
+pub const CNI_BINARIES: [&str; 2] = ["fjord", "fjord-ipam"];
+/// Replaced by the node's name (the downward API's `spec.nodeName`).
+pub const NODE_NAME_PLACEHOLDER: &str = "__FJORD_NODE_NAME__";
+/// Replaced by the store the daemon uses, so the plugin and the daemon agree on it.
+pub const STORE_PLACEHOLDER: &str = "__FJORD_STORE__";
+/// Prefix of the temporary files; leftovers of a killed run are removed by the next one.
+const TEMP_PREFIX: &str = ".fjord-install-";
+
+/// What to install where.
+#[derive(Debug, Clone)]
+pub struct InstallPlan {
+    /// Directory holding `fjord` and `fjord-ipam` (in the image).
+    pub source_bin_dir: PathBuf,
+    /// The node's CNI bin directory (`/opt/cni/bin`, mounted from the host).
+    pub cni_bin_dir: PathBuf,
+    /// The node's CNI config directory (`/etc/cni/net.d`, mounted from the host).
+    pub cni_conf_dir: PathBuf,
+    /// File name of the conflist in `cni_conf_dir`.
+    pub conflist_name: String,
+    /// The conflist with placeholders, as the ConfigMap holds it.
+    pub template: String,
+    pub node_name: String,
+    pub store: String,
+}
+
+/// One file the installer looked after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub path: PathBuf,
+    pub bytes: usize,
+    /// False when the file already held exactly these bytes and mode.
+    pub changed: bool,
+}
+
+/// What `install` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallReport {
+    pub files: Vec<Installed>,
+    /// Other network configs that sort before ours: the runtime uses the first one, so
+    /// these would shadow Fjord.
+    pub shadowing_configs: Vec<String>,
+}
+
+/// Fills the placeholders of a conflist template and checks that the result is a conflist
+/// Fjord can run: JSON, `cniVersion`, `name`, a `plugins` list whose entries have a `type`,
+/// a `fjord` entry, and an IPAM section `fjord-ipam` accepts.
+pub fn render_conflist(
+    template: &str,
+    node_name: &str,
+    store: &str,
+) -> Result<String, RoutedError> {
+    for (what, value) in [("node name", node_name), ("store", store)] {
+        if value.is_empty()
+            || value
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(conflist_error(format!(
+                "the {what} {value:?} cannot go into the conflist: it must be non-empty, \
+                 without quotes, backslashes or control characters"
+            )));
+        }
+    }
+    let rendered = template
+        .replace(NODE_NAME_PLACEHOLDER, node_name)
+        .replace(STORE_PLACEHOLDER, store);
+    if let Some(at) = rendered.find("__FJORD_") {
+        let rest: String = rendered[at..].chars().take(40).collect();
+        return Err(conflist_error(format!(
+            "unknown placeholder at {rest:?}; the known ones are {NODE_NAME_PLACEHOLDER} and {STORE_PLACEHOLDER}"
+        )));
+    }
+    check_conflist(&rendered)?;
+    Ok(rendered)
+}
+
+fn conflist_error(reason: String) -> RoutedError {
+    RoutedError::Conflist { reason }
+}
+
+fn check_conflist(text: &str) -> Result<(), RoutedError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| conflist_error(format!("not JSON after filling placeholders: {e}")))?;
+    for key in ["cniVersion", "name"] {
+        let non_empty = value
+            .get(key)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty());
+        if !non_empty {
+            return Err(conflist_error(format!(
+                "\"{key}\" must be a non-empty string"
+            )));
+        }
+    }
+    let plugins = match value.get("plugins") {
+        Some(Value::Array(list)) if !list.is_empty() => list,
+        _ => {
+            return Err(conflist_error(
+                "\"plugins\" must be a non-empty list".into(),
+            ))
+        }
+    };
+    for (i, plugin) in plugins.iter().enumerate() {
+        if !plugin.get("type").is_some_and(Value::is_string) {
+            return Err(conflist_error(format!("plugins[{i}] has no \"type\"")));
+        }
+    }
+    let fjord = plugins
+        .iter()
+        .find(|p| p["type"] == "fjord")
+        .ok_or_else(|| conflist_error("no plugin of \"type\": \"fjord\"".into()))?;
+    let ipam = fjord
+        .get("ipam")
+        .and_then(Value::as_object)
+        .ok_or_else(|| conflist_error("the fjord plugin has no \"ipam\" object".into()))?;
+    if ipam.get("type").and_then(Value::as_str) == Some("fjord-ipam") {
+        IpamConfig::from_json(ipam)
+            .map_err(|e| conflist_error(format!("the fjord plugin's ipam: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Installs the binaries, then the rendered conflist.
+pub fn install(plan: &InstallPlan) -> Result<InstallReport, RoutedError> {
+    check_conflist_name(&plan.conflist_name)?;
+    let conflist = render_conflist(&plan.template, &plan.node_name, &plan.store)?;
+    // Read every source before writing anything: a missing binary installs nothing.
+    let binaries = CNI_BINARIES
+        .iter()
+        .map(|name| {
+            let source = plan.source_bin_dir.join(name);
+            fs::read(&source)
+                .map(|bytes| (*name, bytes))
+                .map_err(RoutedError::install(&source, "read"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut files = Vec::new();
+    for (name, bytes) in &binaries {
+        files.push(install_file(&plan.cni_bin_dir, name, bytes, 0o755)?);
+    }
+    files.push(install_file(
+        &plan.cni_conf_dir,
+        &plan.conflist_name,
+        conflist.as_bytes(),
+        0o644,
+    )?);
+    Ok(InstallReport {
+        files,
+        shadowing_configs: shadowing_configs(&plan.cni_conf_dir, &plan.conflist_name)?,
+    })
+}
+
+/// Runtimes read only `.conflist` (and `.conf`, `.json`) files directly in the config
+/// directory: any other name would be installed and never used.
+fn check_conflist_name(name: &str) -> Result<(), RoutedError> {
+    let plain = !name.contains('/') && !name.starts_with('.');
+    if plain && name.len() > ".conflist".len() && name.ends_with(".conflist") {
+        return Ok(());
+    }
+    Err(conflist_error(format!(
+        "the conflist name {name:?} must be a file name ending in .conflist, such as 10-fjord.conflist"
+    )))
+}
+
+/// Writes `bytes` to `dir/name` with `mode`, atomically; leaves an identical file alone.
+pub fn install_file(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<Installed, RoutedError> {
+    fs::create_dir_all(dir).map_err(RoutedError::install(dir, "create directory"))?;
+    remove_leftovers(dir, name)?;
+    let path = dir.join(name);
+    if holds_exactly(&path, bytes, mode) {
+        return Ok(Installed {
+            path,
+            bytes: bytes.len(),
+            changed: false,
+        });
+    }
+    let temp = dir.join(format!("{TEMP_PREFIX}{name}.{}", std::process::id()));
+    let written = write_synced(&temp, bytes, mode).and_then(|()| {
+        fs::rename(&temp, &path).map_err(RoutedError::install(&path, "rename into place"))
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(RoutedError::install(dir, "sync directory"))?;
+    Ok(Installed {
+        path,
+        bytes: bytes.len(),
+        changed: true,
+    })
+}
+
+fn write_synced(temp: &Path, bytes: &[u8], mode: u32) -> Result<(), RoutedError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(temp)
+        .map_err(RoutedError::install(temp, "create"))?;
+    file.write_all(bytes)
+        .map_err(RoutedError::install(temp, "write"))?;
+    // The umask may have narrowed the mode given to open.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(RoutedError::install(temp, "set the mode of"))?;
+    file.sync_all().map_err(RoutedError::install(temp, "sync"))
+}
+
+fn holds_exactly(path: &Path, bytes: &[u8], mode: u32) -> bool {
+    let same_mode = fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o7777 == mode)
+        .unwrap_or(false);
+    same_mode && fs::read(path).is_ok_and(|old| old == bytes)
+}
+
+/// Removes temporary files of `name` that a killed earlier run left behind.
+fn remove_leftovers(dir: &Path, name: &str) -> Result<(), RoutedError> {
+    let prefix = format!("{TEMP_PREFIX}{name}.");
+    let entries = fs::read_dir(dir).map_err(RoutedError::install(dir, "list"))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(RoutedError::install(&path, "remove leftover"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Network configs in `dir` that a runtime would pick before `ours` (it takes the first
+/// `.conf`, `.conflist` or `.json` in lexical order).
+pub fn shadowing_configs(dir: &Path, ours: &str) -> Result<Vec<String>, RoutedError> {
+    let entries = fs::read_dir(dir).map_err(RoutedError::install(dir, "list"))?;
+    let mut before: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_network_config(n) && n.as_str() < ours)
+        .collect();
+    before.sort();
+    Ok(before)
+}
+
+fn is_network_config(name: &str) -> bool {
+    !name.starts_with('.')
+        && [".conf", ".conflist", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+use super::*;
+
+const TEMPLATE: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "fjord",
+  "plugins": [{
+    "type": "fjord",
+    "ipam": {
+      "type": "fjord-ipam",
+      "nodeName": "__FJORD_NODE_NAME__",
+      "store": "__FJORD_STORE__",
+      "pools": ["10.244.0.0/16"]
+    }
+  }]
+}
+"#;
+
+/// A directory under the system temp dir, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let path = std::env::temp_dir().join(format!(
+            "fjord-install-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        Scratch(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn plan(root: &Path) -> InstallPlan {
+    let source = root.join("image-bin");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("fjord"), b"\x7fELF plugin").unwrap();
+    fs::write(source.join("fjord-ipam"), b"\x7fELF ipam").unwrap();
+    InstallPlan {
+        source_bin_dir: source,
+        cni_bin_dir: root.join("opt/cni/bin"),
+        cni_conf_dir: root.join("etc/cni/net.d"),
+        conflist_name: "10-fjord.conflist".into(),
+        template: TEMPLATE.into(),
+        node_name: "node-1".into(),
+        store: "dir:/var/lib/fjord/ipam".into(),
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn render_fills_placeholders_and_nothing_else() {
+    let out = render_conflist(TEMPLATE, "node-1", "dir:/srv/ipam").unwrap();
+    let expected = TEMPLATE
+        .replace("__FJORD_NODE_NAME__", "node-1")
+        .replace("__FJORD_STORE__", "dir:/srv/ipam");
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn render_refuses_what_would_break_the_conflist() {
+    let cases = [
+        (TEMPLATE.to_string(), "node\"1", "dir:/x", "quotes"),
+        (TEMPLATE.to_string(), "", "dir:/x", "non-empty"),
+        (TEMPLATE.to_string(), "n1", "nfs:/x", "ipam"),
+        (
+            TEMPLATE.replace("10.244.0.0/16", "10.244.0.1/16"),
+            "n1",
+            "dir:/x",
+            "host bits",
+        ),
+        (
+            TEMPLATE.replace("__FJORD_STORE__", "__FJORD_STOR__"),
+            "n1",
+            "dir:/x",
+            "placeholder",
+        ),
+        (
+            TEMPLATE.replace("\"fjord\",\n    \"ipam\"", "\"ptp\",\n    \"ipam\""),
+            "n1",
+            "dir:/x",
+            "\"type\": \"fjord\"",
+        ),
+        (
+            TEMPLATE.replace("\"plugins\"", "\"plugin\""),
+            "n1",
+            "dir:/x",
+            "plugins",
+        ),
+        (
+            "{\"cniVersion\": \"1.0.0\",".to_string(),
+            "n1",
+            "dir:/x",
+            "not JSON",
+        ),
+    ];
+    for (template, node, store, needle) in cases {
+        let err = render_conflist(&template, node, store)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    }
+}
+
+#[test]
+fn install_writes_exact_bytes_and_modes_and_leaves_no_temp_files() {
+    let scratch = Scratch::new("exact");
+    let plan = plan(&scratch.0);
+    let report = install(&plan).unwrap();
+    assert_eq!(report.files.len(), 3);
+    assert!(report.files.iter().all(|f| f.changed));
+    for name in CNI_BINARIES {
+        let installed = plan.cni_bin_dir.join(name);
+        assert_eq!(
+            fs::read(&installed).unwrap(),
+            fs::read(plan.source_bin_dir.join(name)).unwrap()
+        );
+        assert_eq!(mode(&installed), 0o755);
+    }
+    let conflist = plan.cni_conf_dir.join("10-fjord.conflist");
+    assert_eq!(
+        fs::read_to_string(&conflist).unwrap(),
+        render_conflist(TEMPLATE, "node-1", "dir:/var/lib/fjord/ipam").unwrap()
+    );
+    assert_eq!(mode(&conflist), 0o644);
+    for dir in [&plan.cni_bin_dir, &plan.cni_conf_dir] {
+        for entry in fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name();
+            assert!(
+                !name.to_string_lossy().starts_with('.'),
+                "{name:?} left in {dir:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_second_run_changes_nothing_and_an_upgrade_replaces_the_inode() {
+    let scratch = Scratch::new("again");
+    let plan = plan(&scratch.0);
+    install(&plan).unwrap();
+    let again = install(&plan).unwrap();
+    assert!(again.files.iter().all(|f| !f.changed), "{again:?}");
+
+    use std::os::unix::fs::MetadataExt;
+    let plugin = plan.cni_bin_dir.join("fjord");
+    let old_inode = fs::metadata(&plugin).unwrap().ino();
+    // A running old binary stays intact: the new one is a new file renamed over it.
+    let running_old = File::open(&plugin).unwrap();
+    fs::write(plan.source_bin_dir.join("fjord"), b"\x7fELF plugin v2").unwrap();
+    let upgrade = install(&plan).unwrap();
+    assert_eq!(
+        upgrade.files.iter().filter(|f| f.changed).count(),
+        1,
+        "{upgrade:?}"
+    );
+    assert_eq!(fs::read(&plugin).unwrap(), b"\x7fELF plugin v2");
+    assert_ne!(fs::metadata(&plugin).unwrap().ino(), old_inode);
+    assert_eq!(running_old.metadata().unwrap().ino(), old_inode);
+}
+
+#[test]
+fn leftovers_of_a_killed_run_are_removed_and_a_wrong_mode_is_fixed() {
+    let scratch = Scratch::new("leftover");
+    let plan = plan(&scratch.0);
+    fs::create_dir_all(&plan.cni_conf_dir).unwrap();
+    let leftover = plan
+        .cni_conf_dir
+        .join(format!("{TEMP_PREFIX}10-fjord.conflist.999999"));
+    fs::write(&leftover, b"{\"cniVers").unwrap();
+    install(&plan).unwrap();
+    assert!(!leftover.exists());
+
+    let plugin = plan.cni_bin_dir.join("fjord");
+    fs::set_permissions(&plugin, fs::Permissions::from_mode(0o644)).unwrap();
+    let report = install(&plan).unwrap();
+    assert!(report.files[0].changed);
+    assert_eq!(mode(&plugin), 0o755);
+}
+
+#[test]
+fn a_bad_template_or_missing_binary_installs_nothing() {
+    let scratch = Scratch::new("bad");
+    let mut bad_template = plan(&scratch.0);
+    bad_template.template = TEMPLATE.replace("10.244.0.0/16", "not-a-cidr");
+    let err = install(&bad_template).unwrap_err().to_string();
+    assert!(err.contains("not-a-cidr"), "{err}");
+    assert!(!bad_template.cni_bin_dir.exists());
+    assert!(!bad_template.cni_conf_dir.exists());
+
+    let missing = plan(&scratch.0);
+    fs::remove_file(missing.source_bin_dir.join("fjord-ipam")).unwrap();
+    let err = install(&missing).unwrap_err().to_string();
+    assert!(err.contains("fjord-ipam"), "{err}");
+    assert!(!missing.cni_bin_dir.exists());
+    assert!(!missing.cni_conf_dir.exists());
+}
+
+#[test]
+fn configs_that_sort_first_are_reported() {
+    let scratch = Scratch::new("shadow");
+    let plan = plan(&scratch.0);
+    fs::create_dir_all(&plan.cni_conf_dir).unwrap();
+    for name in [
+        "05-cilium.conflist",
+        "87-podman.conflist",
+        "00-notes.txt",
+        ".hidden.conf",
+    ] {
+        fs::write(plan.cni_conf_dir.join(name), b"{}").unwrap();
+    }
+    let report = install(&plan).unwrap();
+    assert_eq!(
+        report.shadowing_configs,
+        vec!["05-cilium.conflist".to_string()]
+    );
+}
+
+#[test]
+fn the_conflist_name_must_be_one_a_runtime_reads() {
+    let scratch = Scratch::new("name");
+    for bad in [
+        "../10-fjord.conflist",
+        "sub/10-fjord.conflist",
+        "10-fjord.json5",
+        ".conflist",
+        "",
+    ] {
+        let mut plan = plan(&scratch.0);
+        plan.conflist_name = bad.into();
+        let err = install(&plan).unwrap_err().to_string();
+        assert!(
+            err.contains("must be a file name ending in .conflist"),
+            "{bad}: {err}"
+        );
+        assert!(
+            !plan.cni_bin_dir.exists(),
+            "{bad}: binaries installed anyway"
+        );
+    }
+}
