@@ -296,6 +296,30 @@ mod tests {
     }
 
     #[test]
+    fn the_ipam_never_hands_a_vtep_address_to_a_pod() {
+        use fjord_ipam::block::{Allocation, Block, Refusal};
+        use fjord_ipam::{Handle, Owner};
+        let alloc = |i: u32| Allocation {
+            handle: Handle {
+                container_id: format!("c{i}"),
+                ifname: "eth0".into(),
+            },
+            owner: Owner::default(),
+        };
+        for cidr in ["10.244.0.64/26", "fd00:244::40/122"] {
+            let mut block = Block::new(net(cidr), "n1");
+            let vtep = vtep_address(net(cidr));
+            assert_eq!(block.take(vtep, alloc(0)), Err(Refusal::Reserved));
+            let mut handed = 0;
+            while let Some(address) = block.take_next(alloc(handed + 1)) {
+                assert_ne!(address, vtep, "{cidr}: a pod got the VTEP address");
+                handed += 1;
+            }
+            assert_eq!(handed, 63, "{cidr}: every other address is handed out");
+        }
+    }
+
+    #[test]
     fn each_mode_decides_by_connectedness() {
         let connected = [net("10.250.0.0/24")];
         let (near, far) = (ip("10.250.0.2"), ip("10.250.1.2"));

@@ -71,6 +71,29 @@ const PATHS: [&str; 5] = [
 struct Samples {
     gbits: [Vec<f64>; 5],
     rtt_ms: [Vec<f64>; 5],
+    /// Per run, from measurements seconds apart: native / underlay, native / hand
+    /// routed, fjord VXLAN / hand VXLAN.
+    ratios: [Vec<f64>; 3],
+}
+
+/// Measures the three paths of one phase, in turn, the order reversed every other run
+/// so neither side always goes first; returns this run's Gbit/s by path index.
+fn phase(
+    samples: &mut Samples,
+    paths: &[(usize, &Netns, IpAddr); 3],
+    run: usize,
+    seconds: u32,
+) -> Result<[f64; 5]> {
+    let mut round = [f64::NAN; 5];
+    let mut order: Vec<&(usize, &Netns, IpAddr)> = paths.iter().collect();
+    if run % 2 == 0 {
+        order.reverse();
+    }
+    for (path, from, to) in order {
+        measure(samples, *path, from, *to, seconds)?;
+        round[*path] = *samples.gbits[*path].last().expect("just measured");
+    }
+    Ok(round)
 }
 
 pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
@@ -105,44 +128,29 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
         servers.push(IperfServer::start(pod.netns())?);
     }
     let mut samples = Samples::default();
+    let underlay = IpAddr::V4(lab.node(1).address_v4());
+    let never: [(usize, &Netns, IpAddr); 3] = [
+        (0, lab.node(0).netns(), underlay),
+        (1, hand.routed[0].netns(), hand.routed_target()),
+        (2, native[0].netns(), native[1].ipv4),
+    ];
+    let always: [(usize, &Netns, IpAddr); 3] = [
+        (0, lab.node(0).netns(), underlay),
+        (3, hand.vxlan[0].netns(), hand.vxlan_target()),
+        (4, vxlan[0].netns(), vxlan[1].ipv4),
+    ];
     for run in 1..=args.runs {
         drop(daemons);
         daemons = start(&lab, "never")?;
         wait_reachable(native[0].netns(), native[1].ipv4)?;
-        let underlay = IpAddr::V4(lab.node(1).address_v4());
-        measure(&mut samples, 0, lab.node(0).netns(), underlay, args.seconds)?;
-        measure(
-            &mut samples,
-            1,
-            hand.routed[0].netns(),
-            hand.routed_target(),
-            args.seconds,
-        )?;
-        measure(
-            &mut samples,
-            2,
-            native[0].netns(),
-            native[1].ipv4,
-            args.seconds,
-        )?;
+        let round = phase(&mut samples, &never, run, args.seconds)?;
+        samples.ratios[0].push(round[2] / round[0]);
+        samples.ratios[1].push(round[2] / round[1]);
         drop(daemons);
         daemons = start(&lab, "always")?;
         wait_reachable(vxlan[0].netns(), vxlan[1].ipv4)?;
-        measure(&mut samples, 0, lab.node(0).netns(), underlay, args.seconds)?;
-        measure(
-            &mut samples,
-            3,
-            hand.vxlan[0].netns(),
-            hand.vxlan_target(),
-            args.seconds,
-        )?;
-        measure(
-            &mut samples,
-            4,
-            vxlan[0].netns(),
-            vxlan[1].ipv4,
-            args.seconds,
-        )?;
+        let round = phase(&mut samples, &always, run, args.seconds)?;
+        samples.ratios[2].push(round[4] / round[3]);
         println!("run {run}/{} done; load {}", args.runs, uptime());
     }
     drop(servers);
@@ -261,19 +269,26 @@ fn report(samples: &Samples, args: &Args) {
         );
     }
     let verdict = |r: f64| if r >= TARGET { "met" } else { "NOT met" };
-    let (vs_bare, vs_hand) = (m[2] / m[0], m[2] / m[1]);
+    let names = [
+        "fjord native / underlay   ",
+        "fjord native / hand routed",
+        "fjord VXLAN / hand VXLAN  ",
+    ];
+    println!("\nratios, median of the per-run ratios (each from one run's adjacent measurements):");
+    for (name, ratios) in names.iter().zip(&samples.ratios) {
+        let r = median(ratios);
+        let runs: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+        println!(
+            "{name} = {r:.2} (target {TARGET}: {}) runs: {}",
+            verdict(r),
+            runs.join(" ")
+        );
+    }
     println!(
-        "fjord native / underlay    = {vs_bare:.2} (target {TARGET}: {})",
-        verdict(vs_bare)
-    );
-    println!(
-        "fjord native / hand routed = {vs_hand:.2} (target {TARGET}: {})",
-        verdict(vs_hand)
-    );
-    let vx = m[4] / m[3];
-    println!(
-        "fjord VXLAN / hand VXLAN   = {vx:.2} (target {TARGET}: {})",
-        verdict(vx)
+        "ratio of the medians: native/underlay {:.2}, native/hand routed {:.2}, VXLAN/hand VXLAN {:.2}",
+        m[2] / m[0],
+        m[2] / m[1],
+        m[4] / m[3]
     );
     println!("load after: {}", uptime());
 }
