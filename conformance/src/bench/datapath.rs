@@ -86,7 +86,7 @@ fn phase(
 ) -> Result<[f64; 5]> {
     let mut round = [f64::NAN; 5];
     let mut order: Vec<&(usize, &Netns, IpAddr)> = paths.iter().collect();
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         order.reverse();
     }
     for (path, from, to) in order {
