@@ -443,8 +443,18 @@ fn four_nodes_two_subnets_in_every_mode_with_switches_and_a_node_leaving() {
 
     // Someone deletes node1's device: the next registry poll recreates it and a
     // reconcile restores its FDB and neighbour entries and the routes through it.
+    let old_index = lab.node(0).netns().expect_link(VXLAN).ifindex;
     lab.node(0).netns().ip(&["link", "del", VXLAN]);
-    assert_eq!(observe(&lab, 0).device_mtu, None);
+    poll_until(
+        Duration::from_secs(10),
+        "node1 has a new fjord.vxlan",
+        || {
+            lab.node(0)
+                .netns()
+                .link(VXLAN)
+                .is_some_and(|l| l.ifindex != old_index)
+        },
+    );
     wait_converged(&lab, Mode::CrossSubnet, &all, &blocks);
     assert_ping(&pods[0], &pods[1], true);
 
