@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 pub const DEFAULT_STORE: &str = "dir:/var/lib/fjord/ipam";
+/// Where `kubernetes` (without `:DIR`) keeps the node's podCIDRs file and allocations.
+pub const DEFAULT_KUBERNETES_DIR: &str = "/var/lib/fjord/kubernetes";
 pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
 pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
 /// Block lengths a cluster can live with: big enough to keep the route count near the
@@ -24,6 +26,10 @@ const NODE_NAME_MAX: usize = 253;
 pub enum StoreSpec {
     /// `dir:PATH`: a local directory, shareable by processes on one machine.
     Dir(PathBuf),
+    /// `kubernetes[:DIR]`: the node's blocks are its Node's podCIDRs, which fjord-routed
+    /// writes to `DIR/<node>.json`; allocations inside them are kept in `DIR/ipam`
+    /// (ipam/src/kubernetes.rs). DIR defaults to [`DEFAULT_KUBERNETES_DIR`].
+    Kubernetes(PathBuf),
 }
 
 impl FromStr for StoreSpec {
@@ -38,13 +44,24 @@ impl FromStr for StoreSpec {
             }
             return Ok(StoreSpec::Dir(PathBuf::from(path)));
         }
-        if s.starts_with("etcd:") || s == "kubernetes" {
+        if s == "kubernetes" {
+            return Ok(StoreSpec::Kubernetes(PathBuf::from(DEFAULT_KUBERNETES_DIR)));
+        }
+        if let Some(path) = s.strip_prefix("kubernetes:") {
+            if !path.starts_with('/') {
+                return Err(IpamError::Config(format!(
+                    "\"store\" {s:?}: the directory must be an absolute path"
+                )));
+            }
+            return Ok(StoreSpec::Kubernetes(PathBuf::from(path)));
+        }
+        if s.starts_with("etcd:") {
             return Err(IpamError::StoreNotSupported {
                 spec: s.to_string(),
             });
         }
         Err(IpamError::Config(format!(
-            "\"store\" {s:?} is not dir:PATH, etcd:URL[,URL...] or kubernetes"
+            "\"store\" {s:?} is not dir:PATH, etcd:URL[,URL...] or kubernetes[:DIR]"
         )))
     }
 }
@@ -68,10 +85,16 @@ impl IpamConfig {
         let store = optional_str(ipam, "store")?
             .unwrap_or(DEFAULT_STORE)
             .parse()?;
+        // With the kubernetes store the node's podCIDRs are its pools; "pools", if given,
+        // only bounds them (a podCIDR outside every pool is refused when the IPAM opens).
+        let pools = match (&store, ipam.get("pools")) {
+            (StoreSpec::Kubernetes(_), None | Some(Value::Null)) => Vec::new(),
+            _ => pools(ipam)?,
+        };
         let config = IpamConfig {
             node_name,
             store,
-            pools: pools(ipam)?,
+            pools,
             block_size_v4: block_size(ipam, "blockSize", DEFAULT_BLOCK_SIZE_V4, BLOCK_SIZES_V4)?,
             block_size_v6: block_size(ipam, "blockSizeV6", DEFAULT_BLOCK_SIZE_V6, BLOCK_SIZES_V6)?,
         };
@@ -259,9 +282,28 @@ mod tests {
             e.to_string().contains("not supported yet by this build"),
             "{e}"
         );
-        assert!(with("kubernetes").to_string().contains("not supported yet"));
         assert!(with("dir:relative/path").to_string().contains("absolute"));
         assert!(with("s3://bucket").to_string().contains("is not dir:PATH"));
+    }
+
+    #[test]
+    fn kubernetes_store_takes_an_optional_directory_and_no_pools() {
+        let c = parse(json!({"store": "kubernetes", "nodeName": "n1"})).unwrap();
+        assert_eq!(
+            c.store,
+            StoreSpec::Kubernetes(DEFAULT_KUBERNETES_DIR.into())
+        );
+        assert!(c.pools.is_empty());
+        let c = parse(json!({"store": "kubernetes:/run/k", "pools": ["10.244.0.0/16"]})).unwrap();
+        assert_eq!(c.store, StoreSpec::Kubernetes("/run/k".into()));
+        assert_eq!(c.pools.len(), 1);
+        let e = parse(json!({"store": "kubernetes:rel"})).unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+        assert!(
+            parse(json!({"store": "dir:/x"})).is_err(),
+            "dir still needs pools"
+        );
+        assert!(parse(json!({"store": "kubernetes", "pools": []})).is_err());
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub enum IpamError {
     StoreBusy { path: PathBuf, waited: Duration },
     #[error("IPAM store record {} is unusable: {reason}", .path.display())]
     CorruptRecord { path: PathBuf, reason: String },
+    #[error(
+        "fjord-routed has not written the node's podCIDRs yet: is it running? (node {node}, file {}; fjord-routed --store kubernetes writes it once it sees the Node's spec.podCIDRs)",
+        .path.display()
+    )]
+    PodCidrsNotWritten { node: String, path: PathBuf },
+    #[error("the Kubernetes API has no Node named {node}: check --node-name (kubelet creates the Node when it registers)")]
+    NoSuchNode { node: String },
 }
 
 impl IpamError {
@@ -66,7 +73,10 @@ impl IpamError {
             IpamError::NotAllocated { .. } => ErrorCode::UnknownContainer,
             IpamError::Mismatch { .. } => ErrorCode::CheckFailed,
             IpamError::StoreIo { .. } | IpamError::CorruptRecord { .. } => ErrorCode::IoFailure,
-            IpamError::StoreBusy { .. } => ErrorCode::TryAgainLater,
+            IpamError::StoreBusy { .. } | IpamError::PodCidrsNotWritten { .. } => {
+                ErrorCode::TryAgainLater
+            }
+            IpamError::NoSuchNode { .. } => ErrorCode::InvalidConfig,
         }
     }
 }
@@ -130,6 +140,13 @@ mod tests {
                 IpamError::StoreBusy {
                     path: "/x".into(),
                     waited: Duration::from_secs(1),
+                },
+                11,
+            ),
+            (
+                IpamError::PodCidrsNotWritten {
+                    node: "n".into(),
+                    path: "/var/lib/fjord/kubernetes/n.json".into(),
                 },
                 11,
             ),

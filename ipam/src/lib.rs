@@ -11,6 +11,7 @@ pub mod cni;
 pub mod config;
 pub mod dir;
 pub mod error;
+pub mod kubernetes;
 pub mod pool;
 pub mod registry;
 pub mod store;
@@ -36,6 +37,11 @@ impl Ipam {
     pub fn open(config: IpamConfig) -> Result<Ipam, IpamError> {
         let store = match &config.store {
             StoreSpec::Dir(path) => dir::DirStore::open(path)?,
+            StoreSpec::Kubernetes(dir) => {
+                let store = kubernetes::KubernetesStore::open(dir, &config.node_name)?;
+                let config = store.layout_config(config)?;
+                return Ok(Ipam::with_store(config, Box::new(store)));
+            }
         };
         Ok(Ipam::with_store(config, Box::new(store)))
     }
@@ -56,6 +62,7 @@ impl Ipam {
         owner: &Owner,
         requested: &[IpAddr],
     ) -> Result<Vec<Assigned>, IpamError> {
+        self.store.ready_to_allocate()?;
         self.transact(|snap| {
             allocator::allocate(&self.layout, &self.node, snap, handle, owner, requested)
         })

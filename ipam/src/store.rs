@@ -22,4 +22,10 @@ pub trait Store: Send + Sync {
 
     /// Whether the store can be reached and written, as STATUS asks.
     fn check(&self) -> Result<(), IpamError>;
+
+    /// Whether addresses can be handed out now. Releasing never waits for this: the
+    /// kubernetes store can release before fjord-routed has written the podCIDRs.
+    fn ready_to_allocate(&self) -> Result<(), IpamError> {
+        Ok(())
+    }
 }

@@ -68,9 +68,14 @@ pub struct RunArgs {
     pub node_address: Vec<IpAddr>,
     #[arg(long, env = "FJORD_ASN", default_value_t = DEFAULT_ASN)]
     pub asn: u32,
-    /// dir:PATH (etcd and kubernetes stores come with their own issue).
+    /// dir:PATH, or kubernetes[:DIR] (Node objects; podCIDRs written to DIR/<node>.json,
+    /// DIR defaulting to /var/lib/fjord/kubernetes: docs/kubernetes.md).
     #[arg(long, env = "FJORD_STORE", default_value = "dir:/var/lib/fjord/ipam")]
     pub store: String,
+    /// With --store kubernetes: a kubeconfig file. Without it, the in-cluster service
+    /// account when KUBERNETES_SERVICE_HOST is set, else KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "FJORD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     #[arg(long, env = "FJORD_ENCAPSULATION", value_enum, default_value_t = Encapsulation::CrossSubnet)]
     pub encapsulation: Encapsulation,
     /// An extra, non-mesh peer: ADDRESS or ADDRESS:ASN ([IPv6]:ASN); the ASN defaults to ours.
@@ -164,6 +169,7 @@ pub struct Settings {
     pub router_id: Ipv4Addr,
     pub asn: u32,
     pub store: StoreSpec,
+    pub kubeconfig: Option<PathBuf>,
     pub peers: Vec<ExtraPeer>,
     pub mesh: bool,
     pub encapsulation: Encapsulation,
@@ -213,6 +219,7 @@ impl RunArgs {
             router_id,
             asn: self.asn,
             store,
+            kubeconfig: self.kubeconfig.clone(),
             peers,
             mesh: !self.no_mesh,
             encapsulation: self.encapsulation,
@@ -309,6 +316,27 @@ mod tests {
             let s = run_args(&["--node-address", "10.0.0.1", "--encapsulation", text]).unwrap();
             assert_eq!(s.encapsulation, mode, "{text}");
         }
+    }
+
+    #[test]
+    fn kubernetes_store_and_kubeconfig_are_read() {
+        let s = run_args(&["--node-address", "10.0.0.1", "--store", "kubernetes"]).unwrap();
+        assert_eq!(
+            s.store,
+            StoreSpec::Kubernetes(fjord_ipam::config::DEFAULT_KUBERNETES_DIR.into())
+        );
+        assert_eq!(s.kubeconfig, None);
+        let s = run_args(&[
+            "--node-address",
+            "10.0.0.1",
+            "--store",
+            "kubernetes:/run/fjord/k8s",
+            "--kubeconfig",
+            "/etc/fjord/kubeconfig",
+        ])
+        .unwrap();
+        assert_eq!(s.store, StoreSpec::Kubernetes("/run/fjord/k8s".into()));
+        assert_eq!(s.kubeconfig, Some("/etc/fjord/kubeconfig".into()));
     }
 
     #[test]

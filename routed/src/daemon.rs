@@ -6,12 +6,14 @@ use crate::config::{Encapsulation, Settings};
 use crate::encap::{self, Encap};
 use crate::error::RoutedError;
 use crate::kernel::{Kernel, RouteOp};
+use crate::kubernetes;
 use crate::mesh::{self, DesiredPeer, PeerKind};
 use crate::rib::{Family, Path, PeerKey, Rib, RibChange};
 use crate::status::{self, PeerStatus, StatusReport};
 use crate::underlay;
 use crate::vxlan::{DeviceSpec, Vxlan};
 use fjord_ipam::registry::{self, NodeRecord, Registry};
+use fjord_ipam::StoreSpec;
 use ipnetwork::IpNetwork;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,6 +32,8 @@ mod daemon_encap;
 /// How often the registry (nodes, block claims) is read: a block the IPAM claims is
 /// announced within this, well inside the second the design asks for.
 const REGISTRY_POLL: Duration = Duration::from_millis(250);
+/// A DaemonSet pod that cannot list Nodes within this exits, and is restarted.
+const KUBE_FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A full kernel reconcile repairs routes someone else removed or changed.
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// RIB changes gathered from queued BGP events before the kernel is updated once for
@@ -91,7 +95,7 @@ pub struct Daemon {
 /// Runs the daemon until SIGTERM or SIGINT. The kernel routes stay when it exits: a
 /// restarted daemon finds them, and peers keep forwarding meanwhile (graceful restart).
 pub async fn run(settings: Settings) -> Result<(), RoutedError> {
-    let registry = registry::open(&settings.store)?;
+    let registry = open_registry(&settings).await?;
     registry.register(&NodeRecord {
         name: settings.node_name.clone(),
         addresses: settings.addresses.clone(),
@@ -133,6 +137,24 @@ pub async fn run(settings: Settings) -> Result<(), RoutedError> {
         vxlan_routes: BTreeMap::new(),
     };
     daemon.event_loop(&mut events, &mut stale).await
+}
+
+/// The store's node registry; for `kubernetes`, the Node watcher after its first list.
+async fn open_registry(settings: &Settings) -> Result<Box<dyn Registry>, RoutedError> {
+    match &settings.store {
+        StoreSpec::Kubernetes(dir) => {
+            let registry = kubernetes::start(kubernetes::WatchOptions {
+                node: settings.node_name.clone(),
+                default_asn: settings.asn,
+                kubeconfig: settings.kubeconfig.clone(),
+                pod_cidrs_dir: dir.clone(),
+                first_list_timeout: KUBE_FIRST_LIST_TIMEOUT,
+            })
+            .await?;
+            Ok(Box::new(registry))
+        }
+        other => Ok(registry::open(other)?),
+    }
 }
 
 /// Routes left by a previous run mean this is a restart: keep them for the restart

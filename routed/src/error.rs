@@ -31,6 +31,14 @@ pub enum RoutedError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("Kubernetes client configuration: {0}")]
+    KubeConfig(String),
+    #[error("no complete list of Node objects from the Kubernetes API at {server} within {waited:?}: {last_error}")]
+    KubeNodes {
+        server: String,
+        waited: std::time::Duration,
+        last_error: String,
+    },
     #[error("cannot install the signal handler: {0}")]
     Signal(std::io::Error),
     #[error("install-cni: cannot {op} {}: {source}", .path.display())]

@@ -9,6 +9,7 @@ pub mod encap;
 pub mod error;
 pub mod install;
 pub mod kernel;
+pub mod kubernetes;
 pub mod mesh;
 pub mod rib;
 pub mod status;

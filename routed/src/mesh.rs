@@ -106,6 +106,7 @@ mod tests {
             router_id: "10.0.0.1".parse().unwrap(),
             asn: 64512,
             store: "dir:/tmp/x".parse().unwrap(),
+            kubeconfig: None,
             peers,
             mesh,
             encapsulation: crate::config::Encapsulation::CrossSubnet,
