@@ -8,6 +8,8 @@
 #   iperf3         datapath throughput between lab pods
 #   iputils-ping   ping from pod namespaces (the continuous ping across a restart)
 #   iproute2       ip, ip netns (every lab)
+#   iptables       drops ICMP "fragmentation needed" in lab nodes (tests/encapsulation.rs),
+#                  so a wrong MTU black-holes TCP instead of being rescued by PMTU discovery
 #
 # The tests run bird and gobgpd themselves, inside lab network namespaces, with their
 # own config, control socket and pid file in the test's temp dir. Debian's bird2
@@ -16,7 +18,7 @@
 # daemon of ours runs in the root namespace and nothing can hold port 179 there.
 set -euo pipefail
 
-PACKAGES=(bird2 gobgpd iperf3 iputils-ping iproute2)
+PACKAGES=(bird2 gobgpd iperf3 iputils-ping iproute2 iptables)
 SERVICES=(bird bird6 gobgpd)
 
 say() { echo "install-routing-deps.sh: $*"; }

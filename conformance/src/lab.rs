@@ -402,6 +402,28 @@ impl Lab {
         ns.ip(&["link", "set", ifname, "up"]);
     }
 
+    /// Sets the MTU of the whole underlay: every bridge port and bridge in the underlay
+    /// namespace, every node's and host's uplink, every router interface. Call it before
+    /// starting daemons (they read the MTU at start).
+    pub fn set_underlay_mtu(&self, mtu: u32) {
+        let mtu = mtu.to_string();
+        let set_all = |ns: &Netns| {
+            let mut links = ns.links();
+            // Ports before bridges: a bridge takes no MTU above its ports'.
+            links.sort_by_key(|l| l.kind.as_deref() == Some("bridge"));
+            for link in links.iter().filter(|l| l.kind.is_some()) {
+                ns.ip(&["link", "set", &link.name, "mtu", &mtu]);
+            }
+        };
+        set_all(&self.underlay);
+        if let Some(router) = &self.router {
+            set_all(router);
+        }
+        for machine in self.nodes.iter().chain(&self.hosts) {
+            machine.netns.ip(&["link", "set", UPLINK, "mtu", &mtu]);
+        }
+    }
+
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }

@@ -34,8 +34,23 @@ pub enum CliCommand {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Encapsulation {
-    /// Native routes via the peer's node address only.
+    /// Native routes via the peer's node address only; a node that is not on a
+    /// directly connected subnet is reported unreachable and gets no routes.
     Never,
+    /// Every other node's blocks through the `fjord.vxlan` device.
+    Always,
+    /// Native to nodes on a directly connected subnet, VXLAN to the others (the default).
+    CrossSubnet,
+}
+
+impl std::fmt::Display for Encapsulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Encapsulation::Never => "never",
+            Encapsulation::Always => "always",
+            Encapsulation::CrossSubnet => "cross-subnet",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -61,7 +76,7 @@ pub struct RunArgs {
     /// account when KUBERNETES_SERVICE_HOST is set, else KUBECONFIG or ~/.kube/config.
     #[arg(long, env = "FJORD_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    #[arg(long, env = "FJORD_ENCAPSULATION", value_enum, default_value_t = Encapsulation::Never)]
+    #[arg(long, env = "FJORD_ENCAPSULATION", value_enum, default_value_t = Encapsulation::CrossSubnet)]
     pub encapsulation: Encapsulation,
     /// An extra, non-mesh peer: ADDRESS or ADDRESS:ASN ([IPv6]:ASN); the ASN defaults to ours.
     #[arg(long = "peer", env = "FJORD_PEERS", value_delimiter = ' ')]
@@ -157,6 +172,7 @@ pub struct Settings {
     pub kubeconfig: Option<PathBuf>,
     pub peers: Vec<ExtraPeer>,
     pub mesh: bool,
+    pub encapsulation: Encapsulation,
     pub listen_port: u16,
     pub socket: PathBuf,
     pub hold_time: u16,
@@ -206,6 +222,7 @@ impl RunArgs {
             kubeconfig: self.kubeconfig.clone(),
             peers,
             mesh: !self.no_mesh,
+            encapsulation: self.encapsulation,
             listen_port: self.listen_port,
             socket: self.socket.clone(),
             hold_time: self.hold_time,
@@ -286,6 +303,19 @@ mod tests {
         assert_eq!(s.graceful_restart_time, 9);
         assert_eq!(s.address_v6(), Some("fd00::1".parse().unwrap()));
         assert!(s.mesh);
+        assert_eq!(s.encapsulation, Encapsulation::CrossSubnet);
+    }
+
+    #[test]
+    fn encapsulation_takes_the_three_documented_values() {
+        for (text, mode) in [
+            ("never", Encapsulation::Never),
+            ("always", Encapsulation::Always),
+            ("cross-subnet", Encapsulation::CrossSubnet),
+        ] {
+            let s = run_args(&["--node-address", "10.0.0.1", "--encapsulation", text]).unwrap();
+            assert_eq!(s.encapsulation, mode, "{text}");
+        }
     }
 
     #[test]

@@ -2,18 +2,20 @@
 //! registry changes and BGP events into sessions, announcements and kernel routes.
 
 use crate::bgp::{self, PeerCommand, PeerEvent, PeerHandle, SessionState};
-use crate::config::Settings;
+use crate::config::{Encapsulation, Settings};
+use crate::encap::{self, Encap};
 use crate::error::RoutedError;
-use crate::kernel::{Kernel, NextHop, RouteOp};
+use crate::kernel::{Kernel, RouteOp};
 use crate::kubernetes;
 use crate::mesh::{self, DesiredPeer, PeerKind};
 use crate::rib::{Family, Path, PeerKey, Rib, RibChange};
 use crate::status::{self, PeerStatus, StatusReport};
 use crate::underlay;
+use crate::vxlan::{DeviceSpec, Vxlan};
 use fjord_ipam::registry::{self, NodeRecord, Registry};
 use fjord_ipam::StoreSpec;
 use ipnetwork::IpNetwork;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -21,6 +23,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
+
+// The encapsulation half of the daemon (VXLAN device, FDB and neighbour entries, the
+// route choice per peer), in its own file.
+#[path = "daemon_encap.rs"]
+mod daemon_encap;
 
 /// How often the registry (nodes, block claims) is read: a block the IPAM claims is
 /// announced within this, well inside the second the design asks for.
@@ -75,6 +82,14 @@ pub struct Daemon {
     /// re-announced yet (graceful restart); then a reconcile sweeps them.
     restart_window: Option<Instant>,
     store_reachable: bool,
+    /// Per-peer encapsulation: the mode, connected subnets, node addresses, device.
+    encap: Encap,
+    vxlan: Vxlan,
+    /// What `fjord.vxlan` is created as; `None` when the underlay was not found.
+    vxlan_spec: Option<DeviceSpec>,
+    /// The routes installed through VXLAN: block -> the node (IPv4) behind it. The FDB
+    /// and neighbour entries are derived from it.
+    vxlan_routes: BTreeMap<IpNetwork, Ipv4Addr>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. The kernel routes stay when it exits: a
@@ -87,7 +102,15 @@ pub async fn run(settings: Settings) -> Result<(), RoutedError> {
         asn: settings.asn,
     })?;
     let kernel = Kernel::connect()?;
-    record_pod_mtu(&settings).await?;
+    let underlay = record_pod_mtu(&settings).await?;
+    let vxlan = Vxlan::connect()?;
+    let encap = start_encap(&settings, &vxlan).await?;
+    let vxlan_spec = underlay.map(|(index, mtu)| DeviceSpec {
+        underlay: index,
+        local: settings.router_id,
+        mtu: encap::vxlan_mtu(mtu),
+        mac: encap::vtep_mac(settings.router_id),
+    });
     let restart_window = restart_window(&kernel, &settings).await?;
     let (events_tx, mut events) = mpsc::channel(4096);
     let (stale_tx, mut stale) = mpsc::channel(64);
@@ -108,6 +131,10 @@ pub async fn run(settings: Settings) -> Result<(), RoutedError> {
         status,
         restart_window,
         store_reachable: true,
+        encap,
+        vxlan,
+        vxlan_spec,
+        vxlan_routes: BTreeMap::new(),
     };
     daemon.event_loop(&mut events, &mut stale).await
 }
@@ -223,6 +250,7 @@ impl Daemon {
             info!(node = %self.settings.node_name, "the node registry is readable again");
             self.store_reachable = true;
         }
+        self.sync_encap(&nodes).await;
         let blocks = mesh::own_blocks(&claims, &self.settings.node_name);
         let mut changes = self.sync_blocks(blocks).await;
         let current: BTreeMap<IpAddr, DesiredPeer> = self
@@ -451,11 +479,16 @@ impl Daemon {
         }
         let count = changes.len();
         let started = std::time::Instant::now();
-        match self
-            .kernel
-            .apply(changes.into_iter().map(RouteOp::from))
-            .await
-        {
+        let vxlan_before = self.vxlan_routes.len();
+        let mut vxlan_changed = false;
+        let ops: Vec<RouteOp> = changes
+            .into_iter()
+            .map(|change| self.route_op(change, &mut vxlan_changed))
+            .collect();
+        if vxlan_changed || vxlan_before != self.vxlan_routes.len() {
+            self.sync_vteps(self.restart_window.is_some()).await;
+        }
+        match self.kernel.apply(ops).await {
             Ok(()) => info!(node = %self.settings.node_name, routes = count,
                 millis = started.elapsed().as_millis() as u64, "kernel routes updated"),
             Err(e) => warn!(node = %self.settings.node_name, error = %e,
@@ -464,11 +497,10 @@ impl Daemon {
     }
 
     async fn reconcile(&mut self) {
-        let desired: HashMap<IpNetwork, NextHop> = self
-            .rib
-            .installed()
-            .map(|(prefix, via)| (prefix, NextHop::Via(via)))
-            .collect();
+        self.refresh_connected().await;
+        let (desired, vxlan_routes) = self.desired_routes();
+        self.vxlan_routes = vxlan_routes;
+        self.sync_vteps(false).await;
         match self.kernel.reconcile(&desired).await {
             Ok(report) if report.removed + report.installed > 0 => {
                 info!(node = %self.settings.node_name, removed = report.removed,
@@ -506,6 +538,7 @@ impl Daemon {
                 .since
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            datapath: self.encap.peer_datapath(peer.desired.address).to_string(),
             routes_in: peer.key().map_or(0, |k| self.rib.routes_in(&k)),
             routes_out: if established {
                 self.routes_for(&self.blocks).len()
@@ -560,6 +593,7 @@ fn empty_report(settings: &Settings) -> StatusReport {
         asn: settings.asn,
         router_id: settings.router_id.to_string(),
         addresses: settings.addresses.clone(),
+        encapsulation: settings.encapsulation.to_string(),
         blocks: Vec::new(),
         peers: Vec::new(),
     }
@@ -585,26 +619,45 @@ fn spawn_status_server(settings: &Settings, status: Arc<Mutex<StatusReport>>) {
     });
 }
 
-/// Native routing: pods get the underlay's MTU (DESIGN.md, "The pod datapath").
-async fn record_pod_mtu(settings: &Settings) -> Result<(), RoutedError> {
+/// Pods get the underlay's MTU, less the VXLAN headers when any route may be
+/// encapsulated (DESIGN.md, "The pod datapath"). Returns the underlay's index and MTU.
+async fn record_pod_mtu(settings: &Settings) -> Result<Option<(u32, u32)>, RoutedError> {
     let address = IpAddr::V4(settings.router_id);
     let underlay_error = |source| RoutedError::Underlay { address, source };
     let (connection, handle, _) = rtnetlink::new_connection().map_err(underlay_error)?;
     tokio::spawn(connection);
-    let Some((_, mtu)) = underlay::link_of(&handle, address)
+    let Some((index, underlay_mtu)) = underlay::link_of(&handle, address)
         .await
         .map_err(underlay_error)?
     else {
         warn!(%address, "no interface holds the node address; not recording a pod MTU");
-        return Ok(());
+        return Ok(None);
     };
+    let mtu = encap::pod_mtu(settings.encapsulation, underlay_mtu);
     let path = &settings.mtu_file;
     underlay::record_pod_mtu(path, mtu).map_err(|source| RoutedError::MtuFile {
         path: path.clone(),
         source,
     })?;
-    info!(mtu, file = %path.display(), "recorded the pod MTU");
-    Ok(())
+    info!(node = %settings.node_name, mtu, underlay_mtu, file = %path.display(), "recorded the pod MTU");
+    Ok(Some((index, underlay_mtu)))
+}
+
+/// The encapsulation state at start. In `never` a `fjord.vxlan` left by an earlier run
+/// in another mode goes now, with every route, FDB and neighbour entry on it.
+async fn start_encap(settings: &Settings, vxlan: &Vxlan) -> Result<Encap, RoutedError> {
+    let mut encap = Encap::new(settings.encapsulation);
+    if settings.encapsulation == Encapsulation::Never {
+        if vxlan.remove().await? {
+            info!(node = %settings.node_name, "encapsulation never: removed the fjord.vxlan device of an earlier run");
+        }
+    } else {
+        encap.device = vxlan.index().await?;
+    }
+    encap.connected = vxlan.connected(encap.device).await?;
+    info!(node = %settings.node_name, mode = %settings.encapsulation.to_string(),
+        connected = ?encap.connected, "encapsulation");
+    Ok(encap)
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ const RECEIVE_BUFFER: libc::c_int = 1 << 20;
 const ERRORS_KEPT: usize = 16;
 
 const ESRCH: i32 = 3;
+const EINVAL: i32 = 22;
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -81,6 +82,8 @@ pub enum KernelError {
         family: &'static str,
         source: io::Error,
     },
+    #[error("cannot {action} on fjord.vxlan: {source}")]
+    Vxlan { action: String, source: io::Error },
     /// Every change was attempted; these failed (the first [`ERRORS_KEPT`] are kept).
     #[error("{failed} of {attempted} route changes failed, first: {}", errors[0])]
     Batch {
@@ -249,17 +252,32 @@ impl Kernel {
 
     async fn execute(&self, op: RouteOp) -> Result<(), KernelError> {
         match op {
-            RouteOp::Replace { prefix, next_hop } => {
-                let message = install_message(prefix, next_hop);
-                let request = self.handle.route().add(message).replace();
-                request.execute().await.map_err(|e| KernelError::Install {
-                    prefix,
-                    next_hop,
-                    source: to_io(e),
-                })
+            RouteOp::Replace { prefix, next_hop } => match self.install(prefix, next_hop).await {
+                // IPv6 checks an onlink gateway against the table as it stands: while
+                // Fjord's native route for the same prefix (holding the gateway, on
+                // another device) is there, the replace is refused. Remove, then add.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.raw_code() == -EINVAL
+                        && prefix.is_ipv6()
+                        && matches!(next_hop, NextHop::OnLink { .. }) =>
+                {
+                    self.remove(prefix, RT_METRIC_FJORD).await?;
+                    self.install(prefix, next_hop).await
+                }
+                result => result,
             }
+            .map_err(|e| KernelError::Install {
+                prefix,
+                next_hop,
+                source: to_io(e),
+            }),
             RouteOp::Remove { prefix } => self.remove(prefix, RT_METRIC_FJORD).await,
         }
+    }
+
+    async fn install(&self, prefix: IpNetwork, next_hop: NextHop) -> Result<(), rtnetlink::Error> {
+        let message = install_message(prefix, next_hop);
+        self.handle.route().add(message).replace().execute().await
     }
 
     /// Deletes Fjord's route for `prefix` with `metric`; the protocol in the request

@@ -5,6 +5,7 @@
 pub mod bgp;
 pub mod config;
 pub mod daemon;
+pub mod encap;
 pub mod error;
 pub mod install;
 pub mod kernel;
@@ -13,3 +14,4 @@ pub mod mesh;
 pub mod rib;
 pub mod status;
 pub mod underlay;
+pub mod vxlan;

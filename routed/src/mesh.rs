@@ -109,6 +109,7 @@ mod tests {
             kubeconfig: None,
             peers,
             mesh,
+            encapsulation: crate::config::Encapsulation::CrossSubnet,
             listen_port: 179,
             socket: "/tmp/s".into(),
             hold_time: 30,

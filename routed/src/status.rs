@@ -14,6 +14,9 @@ pub struct StatusReport {
     pub asn: u32,
     pub router_id: String,
     pub addresses: Vec<IpAddr>,
+    /// `never`, `always` or `cross-subnet`.
+    #[serde(default)]
+    pub encapsulation: String,
     /// The node's IPAM blocks, announced to every peer.
     pub blocks: Vec<String>,
     pub peers: Vec<PeerStatus>,
@@ -31,6 +34,10 @@ pub struct PeerStatus {
     /// Local time of the last state change, HH:MM:SS, as the table shows it.
     pub since: String,
     pub since_unix: u64,
+    /// How the peer's blocks are reached: `native`, `vxlan`, or `unreachable` (mode
+    /// `never` and the peer is not on a directly connected subnet: no routes installed).
+    #[serde(default)]
+    pub datapath: String,
     pub routes_in: usize,
     pub routes_out: usize,
 }
@@ -94,8 +101,9 @@ pub fn render_table(report: &StatusReport) -> String {
         "STATE",
         "SINCE",
         "ROUTES IN/OUT",
+        "DATAPATH",
     ];
-    let rows: Vec<[String; 5]> = report
+    let rows: Vec<[String; 6]> = report
         .peers
         .iter()
         .map(|p| {
@@ -105,10 +113,11 @@ pub fn render_table(report: &StatusReport) -> String {
                 p.state.clone(),
                 p.since.clone(),
                 format!("{}/{}", p.routes_in, p.routes_out),
+                p.datapath.clone(),
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..5)
+    let widths: Vec<usize> = (0..6)
         .map(|i| {
             rows.iter()
                 .map(|r| r[i].len())
@@ -140,10 +149,10 @@ pub fn render_table(report: &StatusReport) -> String {
         report.node, report.asn
     )];
     out.push(rule.clone());
-    out.push(line(&header_cells, &[true; 5]));
+    out.push(line(&header_cells, &[true; 6]));
     out.push(rule.clone());
     for r in &rows {
-        out.push(line(r, &[false, false, false, false, true]));
+        out.push(line(r, &[false, false, false, false, true, false]));
     }
     out.push(rule);
     if !report.blocks.is_empty() {
@@ -162,6 +171,7 @@ mod tests {
             asn: 64512,
             router_id: "10.0.0.1".into(),
             addresses: vec!["10.0.0.1".parse().unwrap()],
+            encapsulation: "cross-subnet".into(),
             blocks: vec!["10.244.0.0/26".into()],
             peers: vec![PeerStatus {
                 address: "10.0.0.2".parse().unwrap(),
@@ -171,6 +181,7 @@ mod tests {
                 state: "Established".into(),
                 since: "10:23:14".into(),
                 since_unix: 0,
+                datapath: "native".into(),
                 routes_in: 1,
                 routes_out: 1,
             }],
@@ -181,11 +192,11 @@ mod tests {
     fn table_looks_like_the_design() {
         let table = render_table(&sample());
         let expected = "\
-+--------------+-------------------+-------------+----------+---------------+
-| PEER ADDRESS |     PEER TYPE     |    STATE    |  SINCE   | ROUTES IN/OUT |
-+--------------+-------------------+-------------+----------+---------------+
-| 10.0.0.2     | node-to-node mesh | Established | 10:23:14 |      1/1      |
-+--------------+-------------------+-------------+----------+---------------+
++--------------+-------------------+-------------+----------+---------------+----------+
+| PEER ADDRESS |     PEER TYPE     |    STATE    |  SINCE   | ROUTES IN/OUT | DATAPATH |
++--------------+-------------------+-------------+----------+---------------+----------+
+| 10.0.0.2     | node-to-node mesh | Established | 10:23:14 |      1/1      | native   |
++--------------+-------------------+-------------+----------+---------------+----------+
 ";
         assert!(table.contains(expected), "{table}");
         assert!(table.contains("10.244.0.0/26"));
@@ -196,6 +207,8 @@ mod tests {
         let v = serde_json::to_value(sample()).unwrap();
         assert_eq!(v["peers"][0]["type"], MESH_PEER);
         assert_eq!(v["peers"][0]["routes_in"], 1);
+        assert_eq!(v["peers"][0]["datapath"], "native");
+        assert_eq!(v["encapsulation"], "cross-subnet");
         assert_eq!(v["blocks"][0], "10.244.0.0/26");
     }
 

@@ -56,7 +56,18 @@ fn parse_args() -> Result<Args> {
     Ok(parsed)
 }
 
+#[path = "../bench/datapath.rs"]
+mod datapath;
+
 fn main() {
+    // `fjord-bench datapath ...`: its own module (conformance/src/bench/datapath.rs).
+    if std::env::args().nth(1).as_deref() == Some("datapath") {
+        if let Err(e) = datapath::main(std::env::args().skip(2)) {
+            eprintln!("fjord-bench datapath: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let result = parse_args().and_then(|args| {
         ensure!(
             nix::unistd::geteuid().is_root(),
