@@ -7,6 +7,9 @@
 //! fork and exec). Pod namespaces are made before the timer starts and removed after DEL
 //! is timed, as runtimes do. Build first: `cargo build --release --workspace --bins`.
 
+#[path = "../bench/bgp/mod.rs"]
+mod bgp;
+
 use anyhow::{bail, ensure, Context, Result};
 use fjord_conformance::plugin::with_prev_result;
 use fjord_conformance::{result_ips, Netns, PluginCall, PluginUnderTest, Pod};
@@ -57,6 +60,14 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() {
+    // `fjord-bench bgp ...`: the BGP route-injection benchmark (src/bench/bgp/).
+    if std::env::args().nth(1).as_deref() == Some("bgp") {
+        if let Err(e) = bgp::main(std::env::args().skip(2)) {
+            eprintln!("fjord-bench bgp: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let result = parse_args().and_then(|args| {
         ensure!(
             nix::unistd::geteuid().is_root(),
