@@ -26,8 +26,12 @@ const REGISTRY_POLL: Duration = Duration::from_millis(250);
 /// A full kernel reconcile repairs routes someone else removed or changed.
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// RIB changes gathered from queued BGP events before the kernel is updated once for
-/// all of them: large tables go in as a few big pipelined batches.
-const MAX_BATCH: usize = 65_536;
+/// all of them: large tables go in as a few big batches.
+const MAX_BATCH: usize = 16_384;
+/// BGP events queued for the daemon. Small, so a session that floods UPDATEs waits
+/// (TCP holds the rest) instead of piling decoded routes up in memory while the
+/// kernel is being programmed.
+const EVENT_QUEUE: usize = 16;
 
 struct Peer {
     desired: DesiredPeer,
@@ -85,7 +89,7 @@ pub async fn run(settings: Settings) -> Result<(), RoutedError> {
     let kernel = Kernel::connect()?;
     record_pod_mtu(&settings).await?;
     let restart_window = restart_window(&kernel, &settings).await?;
-    let (events_tx, mut events) = mpsc::channel(4096);
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let (stale_tx, mut stale) = mpsc::channel(64);
     let accepted = bgp::Peers::new();
     start_listener(settings.listen_port, accepted.clone()).await?;

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod error;
 pub mod kernel;
 pub mod mesh;
+pub mod netlink_batch;
 pub mod rib;
 pub mod status;
 pub mod underlay;
