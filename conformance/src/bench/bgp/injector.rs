@@ -76,7 +76,10 @@ fn encode_update(routes: Vec<Route>) -> Result<Vec<u8>> {
 /// one route, plus 5 bytes (length octet and 4 address octets) per further route.
 fn routes_per_update(next_hop: Ipv4Addr) -> Result<usize> {
     let one = encode_update(vec![route(0, next_hop)])?.len();
-    ensure!(one < MAX_MESSAGE_LEN, "an UPDATE of one route is {one} bytes");
+    ensure!(
+        one < MAX_MESSAGE_LEN,
+        "an UPDATE of one route is {one} bytes"
+    );
     Ok((MAX_MESSAGE_LEN - one) / 5 + 1)
 }
 
@@ -306,10 +309,7 @@ mod tests {
         }
         assert_eq!(seen, 2_000);
         let eor = wire::decode(&inj.end_of_rib, SessionContext::default()).unwrap();
-        assert_eq!(
-            eor.message,
-            Message::Update(Update::end_of_rib(Afi::Ipv4))
-        );
+        assert_eq!(eor.message, Message::Update(Update::end_of_rib(Afi::Ipv4)));
     }
 
     #[test]

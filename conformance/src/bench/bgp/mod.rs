@@ -43,7 +43,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--routes" => {
-                let list = args.next().context("--routes needs a list, e.g. 10000,100000")?;
+                let list = args
+                    .next()
+                    .context("--routes needs a list, e.g. 10000,100000")?;
                 parsed.sizes = list
                     .split(',')
                     .map(|n| n.trim().parse().with_context(|| format!("--routes {list}")))

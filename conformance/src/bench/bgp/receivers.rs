@@ -39,8 +39,18 @@ impl Pair {
         let injector = Netns::new("i");
         let (a, b) = (unique_ifname("v"), unique_ifname("v"));
         fjord_conformance::netns::ip(&[
-            "link", "add", &a, "netns", receiver.name(), "type", "veth", "peer", "name", &b,
-            "netns", injector.name(),
+            "link",
+            "add",
+            &a,
+            "netns",
+            receiver.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            injector.name(),
         ]);
         for (ns, dev, addr) in [
             (&receiver, &a, RECEIVER_ADDRESS),

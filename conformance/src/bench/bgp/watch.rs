@@ -246,7 +246,8 @@ mod tests {
         assert!(check_routes(&missing, 2, nh).is_err());
         let misrouted = line(0, "192.168.255.2") + &line(1, "192.168.255.9");
         assert!(check_routes(&misrouted, 2, nh).is_err());
-        let extra = line(0, "192.168.255.2") + &line(1, "192.168.255.2") + &line(2, "192.168.255.2");
+        let extra =
+            line(0, "192.168.255.2") + &line(1, "192.168.255.2") + &line(2, "192.168.255.2");
         assert!(check_routes(&extra, 2, nh).is_err());
         let doubled = line(0, "192.168.255.2") + &line(0, "192.168.255.2");
         assert!(check_routes(&doubled, 2, nh).is_err());
