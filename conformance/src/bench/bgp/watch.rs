@@ -15,7 +15,7 @@ use nix::sched::{setns, CloneFlags};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -88,7 +88,7 @@ impl RouteWatch {
     }
 }
 
-fn subscribe(ns: &File, path: &PathBuf) -> Result<Socket> {
+fn subscribe(ns: &File, path: &Path) -> Result<Socket> {
     setns(ns, CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("enter namespace {}", path.display()))?;
     let mut socket = Socket::new(NETLINK_ROUTE).context("open a netlink socket")?;
