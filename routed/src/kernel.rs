@@ -51,6 +51,9 @@ pub const RT_METRIC_FJORD: u32 = 2048;
 /// buffer.
 pub const IN_FLIGHT: usize = 256;
 
+/// Ops handed to the batch thread at once by [`Kernel::apply`].
+pub const APPLY_PIECE: usize = 4096;
+
 /// SO_RCVBUF asked for (the kernel doubles it for bookkeeping).
 const RECEIVE_BUFFER: libc::c_int = 1 << 20;
 
@@ -209,16 +212,29 @@ impl Kernel {
         .expect("netns thread panicked")
     }
 
-    /// Applies `ops` in batches on a blocking thread (the caller's tasks keep running).
-    /// Every op is attempted; failures are collected into one [`KernelError::Batch`].
+    /// Applies `ops` in batches on a blocking thread (the caller's tasks keep running),
+    /// [`APPLY_PIECE`] at a time so a huge change list is never copied whole. Every op
+    /// is attempted; failures are collected into one [`KernelError::Batch`].
     pub async fn apply<I>(&self, ops: I) -> Result<(), KernelError>
     where
         I: IntoIterator<Item = RouteOp>,
     {
-        let ops: Vec<RouteOp> = ops.into_iter().collect();
-        if ops.is_empty() {
-            return Ok(());
+        let mut ops = ops.into_iter();
+        let mut failures = Failures::default();
+        loop {
+            let piece: Vec<RouteOp> = ops.by_ref().take(APPLY_PIECE).collect();
+            if piece.is_empty() {
+                break;
+            }
+            failures.attempted += piece.len();
+            for e in self.apply_piece(piece).await {
+                failures.note(e);
+            }
         }
+        failures.result()
+    }
+
+    async fn apply_piece(&self, ops: Vec<RouteOp>) -> Vec<KernelError> {
         let batch = self.batch.clone();
         let (ops, failures) = tokio::task::spawn_blocking(move || {
             let requests = ops.iter().map(|op| request_of(*op));
@@ -227,10 +243,10 @@ impl Kernel {
         })
         .await
         .expect("the netlink batch thread panicked");
-        let errors = failures
+        failures
             .into_iter()
-            .filter_map(|(index, source)| batch_error(index.and_then(|i| ops.get(i)), source));
-        failures_of(ops.len(), errors)
+            .filter_map(|(index, source)| batch_error(index.and_then(|i| ops.get(i)), source))
+            .collect()
     }
 
     /// Every route of protocol [`RT_PROTO_FJORD`] in the main table, both families.
@@ -334,25 +350,31 @@ async fn collect_failures(
     }
 }
 
-/// `Ok` when `errors` is empty, else a [`KernelError::Batch`] keeping the first few.
-fn failures_of(
+/// Failed changes of one [`Kernel::apply`]: all counted, the first few kept.
+#[derive(Default)]
+struct Failures {
     attempted: usize,
-    errors: impl Iterator<Item = KernelError>,
-) -> Result<(), KernelError> {
-    let (mut failed, mut kept) = (0, Vec::new());
-    for e in errors {
-        failed += 1;
-        if kept.len() < ERRORS_KEPT {
-            kept.push(e);
+    failed: usize,
+    kept: Vec<KernelError>,
+}
+
+impl Failures {
+    fn note(&mut self, e: KernelError) {
+        self.failed += 1;
+        if self.kept.len() < ERRORS_KEPT {
+            self.kept.push(e);
         }
     }
-    match failed {
-        0 => Ok(()),
-        _ => Err(KernelError::Batch {
-            attempted,
-            failed,
-            errors: kept,
-        }),
+
+    fn result(self) -> Result<(), KernelError> {
+        match self.failed {
+            0 => Ok(()),
+            failed => Err(KernelError::Batch {
+                attempted: self.attempted,
+                failed,
+                errors: self.kept,
+            }),
+        }
     }
 }
 
