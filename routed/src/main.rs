@@ -56,13 +56,22 @@ async fn print_status(args: &StatusArgs) -> ExitCode {
     }
 }
 
-/// Structured logs on stderr (DaemonSets collect them); `RUST_LOG` filters, info by default.
+/// Structured logs on stderr (DaemonSets collect them); `RUST_LOG` filters by level and
+/// target (`debug`, `fjord_routed=debug,info`), info by default. A target filter rather
+/// than `EnvFilter`: it needs no regex engine, which keeps the daemon's resident size
+/// down (issue 3 measures it against BIRD).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(LevelFilter::TRACE)
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .init();
+        .finish()
+        .with(filter);
+    tracing::subscriber::set_global_default(subscriber).expect("logging is set up once");
 }
