@@ -21,8 +21,8 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use std::os::fd::AsRawFd;
 
-/// One `send`'s worth of requests (a /26 install is 60 bytes: about 540 of them), well
-/// under the socket's send buffer.
+/// One `send`'s worth of requests (an IPv4 install is 52 bytes: about 630 of them),
+/// well under the socket's send buffer.
 pub const CHUNK_BYTES: usize = 32 * 1024;
 /// SO_RCVBUF asked for: room for the error replies of a whole chunk.
 const RECEIVE_BUFFER: usize = 1 << 20;
