@@ -27,7 +27,7 @@ const REGISTRY_POLL: Duration = Duration::from_millis(250);
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// RIB changes gathered from queued BGP events before the kernel is updated once for
 /// all of them: large tables go in as a few big batches.
-const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = 1024;
 /// BGP events queued for the daemon. Small, so a session that floods UPDATEs waits
 /// (TCP holds the rest) instead of piling decoded routes up in memory while the
 /// kernel is being programmed.

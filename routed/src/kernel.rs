@@ -52,7 +52,7 @@ pub const RT_METRIC_FJORD: u32 = 2048;
 pub const IN_FLIGHT: usize = 256;
 
 /// Ops handed to the batch thread at once by [`Kernel::apply`].
-pub const APPLY_PIECE: usize = 4096;
+pub const APPLY_PIECE: usize = 1024;
 
 /// SO_RCVBUF asked for (the kernel doubles it for bookkeeping).
 const RECEIVE_BUFFER: libc::c_int = 1 << 20;

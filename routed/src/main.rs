@@ -6,6 +6,7 @@ use fjord_routed::{daemon, status};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     // One thread: the daemon's work is a socket per peer and a netlink socket; a single
     // thread keeps its memory small (issue 3 measures it against BIRD).
@@ -53,6 +54,18 @@ async fn print_status(args: &StatusArgs) -> ExitCode {
             eprintln!("fjord-routed status: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The daemon has two threads (the runtime and the kernel batch thread, see
+/// `kernel::Kernel::apply`) and little contention between them: one glibc heap is
+/// enough, and a second arena's pages would only add to the resident set that issue 3
+/// measures against BIRD.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

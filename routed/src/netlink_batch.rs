@@ -121,7 +121,8 @@ impl BatchSocket {
     }
 
     fn read_errors(&mut self, first_seq: u32, failures: &mut Vec<(Option<usize>, io::Error)>) {
-        let mut datagram = vec![0u8; 64 * 1024];
+        // Each error reply is its own datagram of 36 bytes (NETLINK_CAP_ACK).
+        let mut datagram = [0u8; 4096];
         loop {
             // SAFETY: `datagram` is valid for writes of its length.
             let n = unsafe {
