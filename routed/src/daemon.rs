@@ -37,8 +37,12 @@ const KUBE_FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A full kernel reconcile repairs routes someone else removed or changed.
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// RIB changes gathered from queued BGP events before the kernel is updated once for
-/// all of them: large tables go in as a few big pipelined batches.
-const MAX_BATCH: usize = 65_536;
+/// all of them: large tables go in as a few big batches.
+const MAX_BATCH: usize = 1024;
+/// BGP events queued for the daemon. Small, so a session that floods UPDATEs waits
+/// (TCP holds the rest) instead of piling decoded routes up in memory while the
+/// kernel is being programmed.
+const EVENT_QUEUE: usize = 4;
 
 struct Peer {
     desired: DesiredPeer,
@@ -112,7 +116,7 @@ pub async fn run(settings: Settings) -> Result<(), RoutedError> {
         mac: encap::vtep_mac(settings.router_id),
     });
     let restart_window = restart_window(&kernel, &settings).await?;
-    let (events_tx, mut events) = mpsc::channel(4096);
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let (stale_tx, mut stale) = mpsc::channel(64);
     let accepted = bgp::Peers::new();
     start_listener(settings.listen_port, accepted.clone()).await?;

@@ -8,9 +8,10 @@
 //! prefix and metric only, whatever its protocol, Fjord's routes also carry their own
 //! metric, [`RT_METRIC_FJORD`], so a replace can only ever hit a Fjord route.
 //!
-//! Speed comes from pipelining: requests are written without waiting for each ACK, up
-//! to [`IN_FLIGHT`] at once over one socket, so a large table costs about what the
-//! kernel's FIB insertions cost.
+//! Speed comes from batching: [`Kernel::apply`] writes hundreds of requests per system
+//! call without asking for ACKs, on a blocking thread beside the BGP sessions
+//! ([`crate::netlink_batch`]), so a large table costs about what the kernel's FIB
+//! insertions cost. Dumps and reconcile's removals go through rtnetlink.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -18,6 +19,7 @@ use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
@@ -30,6 +32,7 @@ use nix::sched::{setns, CloneFlags};
 use rtnetlink::sys::AsyncSocket;
 use thiserror::Error;
 
+use crate::netlink_batch::{BatchSocket, Request};
 use crate::rib::RibChange;
 
 /// Fjord's route protocol number (`rtm_protocol`). Values above 4 are free for routing
@@ -43,10 +46,13 @@ pub const RT_PROTO_FJORD: u8 = 200;
 /// families, and Fjord's NLM_F_REPLACE never replaces it.
 pub const RT_METRIC_FJORD: u32 = 2048;
 
-/// Requests written ahead of their ACKs. Enough to keep the kernel busy; small enough
+/// Requests written ahead of their ACKs by reconcile's removals. Enough to keep the kernel busy; small enough
 /// that the ACKs (and error replies, which echo the request) fit the socket's receive
 /// buffer.
 pub const IN_FLIGHT: usize = 256;
+
+/// Ops handed to the batch thread at once by [`Kernel::apply`].
+pub const APPLY_PIECE: usize = 1024;
 
 /// SO_RCVBUF asked for (the kernel doubles it for bookkeeping).
 const RECEIVE_BUFFER: libc::c_int = 1 << 20;
@@ -159,10 +165,12 @@ pub struct ReconcileReport {
     pub installed: usize,
 }
 
-/// The kernel's routing table, seen through one rtnetlink socket.
+/// The kernel's routing table, seen through one rtnetlink socket (dumps, removals of
+/// foreign-metric routes) and one batch socket (every [`Kernel::apply`]).
 #[derive(Clone)]
 pub struct Kernel {
     handle: rtnetlink::Handle,
+    batch: Arc<Mutex<BatchSocket>>,
 }
 
 impl Kernel {
@@ -179,7 +187,11 @@ impl Kernel {
             .set_rx_buf_sz(RECEIVE_BUFFER)
             .map_err(KernelError::Socket)?;
         tokio::spawn(connection);
-        Ok(Kernel { handle })
+        let batch = BatchSocket::open().map_err(KernelError::Socket)?;
+        Ok(Kernel {
+            handle,
+            batch: Arc::new(Mutex::new(batch)),
+        })
     }
 
     /// Opens the socket inside the network namespace at `netns` (e.g. `/run/netns/x`),
@@ -203,16 +215,43 @@ impl Kernel {
         .expect("netns thread panicked")
     }
 
-    /// Applies `ops` pipelined, [`IN_FLIGHT`] at a time. Every op is attempted; failures
-    /// are collected into one [`KernelError::Batch`].
+    /// Applies `ops` in batches on a blocking thread (the caller's tasks keep running),
+    /// [`APPLY_PIECE`] at a time so a huge change list is never copied whole. Every op
+    /// is attempted; failures are collected into one [`KernelError::Batch`].
     pub async fn apply<I>(&self, ops: I) -> Result<(), KernelError>
     where
         I: IntoIterator<Item = RouteOp>,
     {
-        let results = stream::iter(ops)
-            .map(|op| self.execute(op))
-            .buffer_unordered(IN_FLIGHT);
-        collect_failures(results).await
+        let mut ops = ops.into_iter();
+        let mut failures = Failures::default();
+        loop {
+            let piece: Vec<RouteOp> = ops.by_ref().take(APPLY_PIECE).collect();
+            if piece.is_empty() {
+                break;
+            }
+            failures.attempted += piece.len();
+            for e in self.apply_piece(piece).await {
+                if let Err(e) = self.retry_onlink_v6(e).await {
+                    failures.note(e);
+                }
+            }
+        }
+        failures.result()
+    }
+
+    async fn apply_piece(&self, ops: Vec<RouteOp>) -> Vec<KernelError> {
+        let batch = self.batch.clone();
+        let (ops, failures) = tokio::task::spawn_blocking(move || {
+            let requests = ops.iter().map(|op| request_of(*op));
+            let failures = batch.lock().expect("batch socket lock").apply(requests);
+            (ops, failures)
+        })
+        .await
+        .expect("the netlink batch thread panicked");
+        failures
+            .into_iter()
+            .filter_map(|(index, source)| batch_error(index.and_then(|i| ops.get(i)), source))
+            .collect()
     }
 
     /// Every route of protocol [`RT_PROTO_FJORD`] in the main table, both families.
@@ -250,44 +289,45 @@ impl Kernel {
         Ok(report)
     }
 
-    async fn execute(&self, op: RouteOp) -> Result<(), KernelError> {
-        match op {
-            RouteOp::Replace { prefix, next_hop } => match self.install(prefix, next_hop).await {
-                // IPv6 checks an onlink gateway against the table as it stands: while
-                // Fjord's native route for the same prefix (holding the gateway, on
-                // another device) is there, the replace is refused. Remove, then add.
-                Err(rtnetlink::Error::NetlinkError(e))
-                    if e.raw_code() == -EINVAL
-                        && prefix.is_ipv6()
-                        && matches!(next_hop, NextHop::OnLink { .. }) =>
-                {
-                    self.remove(prefix, RT_METRIC_FJORD).await?;
-                    self.install(prefix, next_hop).await
-                }
-                result => result,
-            }
+    /// IPv6 checks an onlink gateway against the table as it stands: while Fjord's
+    /// native route for the same prefix (holding the gateway, on another device) is
+    /// there, the batched replace is refused with EINVAL. Such a route is removed, then
+    /// added, one request at a time.
+    async fn retry_onlink_v6(&self, e: KernelError) -> Result<(), KernelError> {
+        let KernelError::Install {
+            prefix,
+            next_hop: next_hop @ NextHop::OnLink { .. },
+            source,
+        } = e
+        else {
+            return Err(e);
+        };
+        if !prefix.is_ipv6() || source.raw_os_error() != Some(EINVAL) {
+            return Err(KernelError::Install {
+                prefix,
+                next_hop,
+                source,
+            });
+        }
+        self.remove(prefix, RT_METRIC_FJORD).await?;
+        let message = install_message(prefix, next_hop);
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
             .map_err(|e| KernelError::Install {
                 prefix,
                 next_hop,
                 source: to_io(e),
-            }),
-            RouteOp::Remove { prefix } => self.remove(prefix, RT_METRIC_FJORD).await,
-        }
-    }
-
-    async fn install(&self, prefix: IpNetwork, next_hop: NextHop) -> Result<(), rtnetlink::Error> {
-        let message = install_message(prefix, next_hop);
-        self.handle.route().add(message).replace().execute().await
+            })
     }
 
     /// Deletes Fjord's route for `prefix` with `metric`; the protocol in the request
     /// makes the kernel skip any other protocol's route for the same prefix.
     async fn remove(&self, prefix: IpNetwork, metric: u32) -> Result<(), KernelError> {
-        let mut message = route_message(prefix, metric);
-        // Any scope and type, as `ip route del` does: a Fjord route someone wrote by hand
-        // without a gateway (scope link) must go too.
-        message.header.scope = RouteScope::NoWhere;
-        message.header.kind = RouteType::Unspec;
+        let message = remove_message(prefix, metric);
         match self.handle.route().del(message).execute().await {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -ESRCH => Ok(()),
             result => result.map_err(|e| KernelError::Remove {
@@ -350,6 +390,63 @@ async fn collect_failures(
     }
 }
 
+/// Failed changes of one [`Kernel::apply`]: all counted, the first few kept.
+#[derive(Default)]
+struct Failures {
+    attempted: usize,
+    failed: usize,
+    kept: Vec<KernelError>,
+}
+
+impl Failures {
+    fn note(&mut self, e: KernelError) {
+        self.failed += 1;
+        if self.kept.len() < ERRORS_KEPT {
+            self.kept.push(e);
+        }
+    }
+
+    fn result(self) -> Result<(), KernelError> {
+        match self.failed {
+            0 => Ok(()),
+            failed => Err(KernelError::Batch {
+                attempted: self.attempted,
+                failed,
+                errors: self.kept,
+            }),
+        }
+    }
+}
+
+/// The batch request for an op: the same messages rtnetlink would send.
+fn request_of(op: RouteOp) -> Request {
+    match op {
+        RouteOp::Replace { prefix, next_hop } => {
+            Request::Replace(install_message(prefix, next_hop))
+        }
+        RouteOp::Remove { prefix } => Request::Delete(remove_message(prefix, RT_METRIC_FJORD)),
+    }
+}
+
+/// A failed batch request as the error of its op; `None` for a removal of a route
+/// that was already gone (ESRCH), which is what removing wanted.
+fn batch_error(op: Option<&RouteOp>, source: io::Error) -> Option<KernelError> {
+    match op {
+        Some(&RouteOp::Replace { prefix, next_hop }) => Some(KernelError::Install {
+            prefix,
+            next_hop,
+            source,
+        }),
+        Some(RouteOp::Remove { .. }) if source.raw_os_error() == Some(ESRCH) => None,
+        Some(&RouteOp::Remove { prefix }) => Some(KernelError::Remove {
+            prefix,
+            metric: RT_METRIC_FJORD,
+            source,
+        }),
+        None => Some(KernelError::Socket(source)),
+    }
+}
+
 /// An rtnetlink error as the errno it carries (dropping the echoed request).
 fn to_io(e: rtnetlink::Error) -> io::Error {
     match e {
@@ -374,6 +471,16 @@ fn route_message(prefix: IpNetwork, metric: u32) -> RouteMessage {
         .push(RouteAttribute::Destination(prefix.network().into()));
     m.attributes.push(RouteAttribute::Priority(metric));
     m
+}
+
+/// The delete request for Fjord's route `prefix` at `metric`.
+fn remove_message(prefix: IpNetwork, metric: u32) -> RouteMessage {
+    let mut message = route_message(prefix, metric);
+    // Any scope and type, as `ip route del` does: a Fjord route someone wrote by hand
+    // without a gateway (scope link) must go too.
+    message.header.scope = RouteScope::NoWhere;
+    message.header.kind = RouteType::Unspec;
+    message
 }
 
 fn install_message(prefix: IpNetwork, next_hop: NextHop) -> RouteMessage {

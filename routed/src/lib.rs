@@ -11,6 +11,7 @@ pub mod install;
 pub mod kernel;
 pub mod kubernetes;
 pub mod mesh;
+pub mod netlink_batch;
 pub mod rib;
 pub mod status;
 pub mod underlay;

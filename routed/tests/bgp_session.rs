@@ -271,7 +271,7 @@ mod bgp {
     #[tokio::test]
     async fn collision_resolves_to_one_session() {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("fjord_routed=debug")
+            .with_max_level(tracing::Level::DEBUG)
             .with_test_writer()
             .try_init();
         let probe = Listener::bind(SocketAddr::new(ip("127.0.5.1"), 0))

@@ -289,6 +289,46 @@ async fn ten_thousand_routes_install_completely() {
     assert_eq!(ns.ip("-4 route show proto 200").lines().count(), 10_000);
 }
 
+/// Failures spread over several batch buffers and apply pieces are each reported
+/// against their own route, the routes around them go in, and removing absent routes is no failure.
+#[tokio::test]
+async fn failures_in_a_large_batch_name_their_routes_and_spare_the_rest() {
+    let ns = Netns::new("bfail");
+    let k = ns.kernel().await;
+    let prefix =
+        |i: u32| IpNetwork::new(IpAddr::from((0x0a90_0000 + i * 64).to_be_bytes()), 26).unwrap();
+    let ops: Vec<RouteOp> = (0..5_000u32)
+        .map(|i| RouteOp::Replace {
+            prefix: prefix(i),
+            // 192.0.2.1 is on no connected subnet: the kernel refuses it.
+            next_hop: via(if i % 1_000 == 7 {
+                "192.0.2.1"
+            } else {
+                "10.0.0.2"
+            }),
+        })
+        .collect();
+    let err = k.apply(ops).await.unwrap_err();
+    match &err {
+        KernelError::Batch {
+            attempted: 5_000,
+            failed: 5,
+            errors,
+        } => {
+            let named: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            for i in [7, 1_007, 2_007, 3_007, 4_007] {
+                let p = prefix(i).to_string();
+                assert!(named.iter().any(|e| e.contains(&p)), "{p} not in {named:?}");
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(ns.ip("-4 route show proto 200").lines().count(), 4_995);
+    let removals = (0..5_000u32).map(|i| RouteOp::Remove { prefix: prefix(i) });
+    k.apply(removals).await.unwrap();
+    assert_eq!(ns.ip("-4 route show proto 200").lines().count(), 0);
+}
+
 #[tokio::test]
 async fn a_missing_namespace_is_named_in_the_error() {
     let err = Kernel::connect_in_netns("/run/netns/fjk-no-such-ns".as_ref())

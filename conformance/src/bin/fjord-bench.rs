@@ -7,6 +7,9 @@
 //! fork and exec). Pod namespaces are made before the timer starts and removed after DEL
 //! is timed, as runtimes do. Build first: `cargo build --release --workspace --bins`.
 
+#[path = "../bench/bgp/mod.rs"]
+mod bgp;
+
 use anyhow::{bail, ensure, Context, Result};
 use fjord_conformance::plugin::with_prev_result;
 use fjord_conformance::{result_ips, Netns, PluginCall, PluginUnderTest, Pod};
@@ -60,10 +63,16 @@ fn parse_args() -> Result<Args> {
 mod datapath;
 
 fn main() {
-    // `fjord-bench datapath ...`: its own module (conformance/src/bench/datapath.rs).
-    if std::env::args().nth(1).as_deref() == Some("datapath") {
-        if let Err(e) = datapath::main(std::env::args().skip(2)) {
-            eprintln!("fjord-bench datapath: {e:#}");
+    // `fjord-bench datapath|bgp ...`: their own modules (conformance/src/bench/).
+    let subcommand = std::env::args().nth(1);
+    let other: Option<(&str, fn(std::env::Args) -> Result<()>)> = match subcommand.as_deref() {
+        Some("datapath") => Some(("datapath", |args| datapath::main(args.skip(2)))),
+        Some("bgp") => Some(("bgp", |args| bgp::main(args.skip(2)))),
+        _ => None,
+    };
+    if let Some((name, run)) = other {
+        if let Err(e) = run(std::env::args()) {
+            eprintln!("fjord-bench {name}: {e:#}");
             std::process::exit(1);
         }
         return;
