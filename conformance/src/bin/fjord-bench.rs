@@ -62,10 +62,13 @@ fn parse_args() -> Result<Args> {
 #[path = "../bench/datapath.rs"]
 mod datapath;
 
+/// A benchmark other than `cni`, run with the process's arguments.
+type Subcommand = fn(std::env::Args) -> Result<()>;
+
 fn main() {
     // `fjord-bench datapath|bgp ...`: their own modules (conformance/src/bench/).
     let subcommand = std::env::args().nth(1);
-    let other: Option<(&str, fn(std::env::Args) -> Result<()>)> = match subcommand.as_deref() {
+    let other: Option<(&str, Subcommand)> = match subcommand.as_deref() {
         Some("datapath") => Some(("datapath", |args| datapath::main(args.skip(2)))),
         Some("bgp") => Some(("bgp", |args| bgp::main(args.skip(2)))),
         _ => None,
