@@ -12,11 +12,15 @@
 #   iperf3                        datapath throughput figures
 #   procps                        ps, pgrep for debugging runaway plugins
 #   python3                       demo.sh pretty-prints results with it
+#   etcd-server                   the etcd: store tests run real etcd members (ipam, conformance)
+#   protobuf-compiler             protoc, which the etcd-client crate's build script runs
+#   libprotobuf-dev               google/protobuf/*.proto, which that protoc run imports
 set -euo pipefail
 
 PACKAGES=(
     iproute2 util-linux iputils-ping containernetworking-plugins
     podman runc conmon busybox-static iperf3 procps python3
+    etcd-server protobuf-compiler libprotobuf-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -47,11 +51,14 @@ required=(
     /usr/lib/cni/ptp /usr/lib/cni/host-local /usr/lib/cni/loopback
     /bin/busybox
 )
-commands=(ip nsenter ping podman runc conmon iperf3)
+commands=(ip nsenter ping podman runc conmon iperf3 etcd protoc)
 problems=()
 for path in "${required[@]}"; do
     [ -x "$path" ] || problems+=("$path is missing")
 done
+# Read, not executed: the well-known protos etcd-client's protoc run imports.
+[ -f /usr/include/google/protobuf/descriptor.proto ] ||
+    problems+=("/usr/include/google/protobuf/descriptor.proto is missing (libprotobuf-dev)")
 for cmd in "${commands[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || problems+=("command $cmd is not on PATH")
 done

@@ -179,6 +179,8 @@ pub struct Lab {
     underlay: Netns,
     /// Shared: the IPAM/node-registry store, sockets, logs, MTU files, peer configs.
     dir: TempDir,
+    /// A store other than the shared `dir:` one (see [`Lab::use_store`]).
+    store_override: Option<String>,
 }
 
 impl Lab {
@@ -198,6 +200,7 @@ impl Lab {
             router: None,
             underlay,
             dir,
+            store_override: None,
         };
         for s in 0..spec.subnets {
             let br = bridge_name(s);
@@ -328,7 +331,16 @@ impl Lab {
     }
 
     pub fn store_arg(&self) -> String {
+        if let Some(spec) = &self.store_override {
+            return spec.clone();
+        }
         format!("dir:{}", self.store_dir().display())
+    }
+
+    /// Makes daemons and plugins started from now on use `spec` (e.g. `etcd:URL,…`, see
+    /// [`crate::etcd::EtcdCluster`]) instead of the shared `dir:` store.
+    pub fn use_store(&mut self, spec: impl Into<String>) {
+        self.store_override = Some(spec.into());
     }
 
     /// `fjord-routed status` socket of node `i`.

@@ -7,6 +7,7 @@
 //! before it executes the plugin.
 
 pub mod bins;
+pub mod etcd;
 pub mod kernel;
 pub mod lab;
 pub mod names;

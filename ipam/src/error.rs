@@ -46,6 +46,14 @@ pub enum IpamError {
     StoreBusy { path: PathBuf, waited: Duration },
     #[error("IPAM store record {} is unusable: {reason}", .path.display())]
     CorruptRecord { path: PathBuf, reason: String },
+    #[error("IPAM store etcd:{endpoints} cannot be used (unreachable or without quorum): {reason}; try again later")]
+    StoreUnavailable { endpoints: String, reason: String },
+    #[error("IPAM store etcd:{endpoints}: {attempts} transactions lost to concurrent writers within {waited:?}; try again later")]
+    StoreContended {
+        endpoints: String,
+        attempts: u32,
+        waited: Duration,
+    },
 }
 
 impl IpamError {
@@ -66,7 +74,9 @@ impl IpamError {
             IpamError::NotAllocated { .. } => ErrorCode::UnknownContainer,
             IpamError::Mismatch { .. } => ErrorCode::CheckFailed,
             IpamError::StoreIo { .. } | IpamError::CorruptRecord { .. } => ErrorCode::IoFailure,
-            IpamError::StoreBusy { .. } => ErrorCode::TryAgainLater,
+            IpamError::StoreBusy { .. }
+            | IpamError::StoreUnavailable { .. }
+            | IpamError::StoreContended { .. } => ErrorCode::TryAgainLater,
         }
     }
 }
@@ -130,6 +140,21 @@ mod tests {
                 IpamError::StoreBusy {
                     path: "/x".into(),
                     waited: Duration::from_secs(1),
+                },
+                11,
+            ),
+            (
+                IpamError::StoreUnavailable {
+                    endpoints: "http://127.0.0.1:2379".into(),
+                    reason: "timed out".into(),
+                },
+                11,
+            ),
+            (
+                IpamError::StoreContended {
+                    endpoints: "http://127.0.0.1:2379".into(),
+                    attempts: 9,
+                    waited: Duration::from_secs(10),
                 },
                 11,
             ),
