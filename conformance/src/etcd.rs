@@ -104,7 +104,11 @@ impl EtcdCluster {
     /// Starts (or restarts, on its existing data dir) member `k`.
     pub fn start_member(&mut self, k: usize) {
         let m = &self.members[k];
-        assert!(m.child.is_none(), "etcd member {} is already running", m.name);
+        assert!(
+            m.child.is_none(),
+            "etcd member {} is already running",
+            m.name
+        );
         let client = format!("http://{}:{CLIENT_PORT}", m.address);
         let peer = format!("http://{}:{PEER_PORT}", m.address);
         let log = OpenOptions::new()
@@ -147,7 +151,10 @@ impl EtcdCluster {
         for k in (0..self.members.len()).filter(|&k| self.members[k].child.is_some()) {
             loop {
                 let answer = self.http_get(k, "/health");
-                if answer.as_deref().is_ok_and(|a| a.contains("\"health\":\"true\"")) {
+                if answer
+                    .as_deref()
+                    .is_ok_and(|a| a.contains("\"health\":\"true\""))
+                {
                     break;
                 }
                 assert!(
@@ -176,6 +183,16 @@ impl EtcdCluster {
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
+    }
+
+    /// The running member that is the raft leader now, if one is.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.members.len())
+            .filter(|&k| self.members[k].child.is_some())
+            .find(|&k| {
+                self.http_get(k, "/metrics")
+                    .is_ok_and(|m| m.lines().any(|l| l == "etcd_server_is_leader 1"))
+            })
     }
 
     /// A plain HTTP/1.0 GET to member `k`'s client port, from inside its namespace.
@@ -235,8 +252,7 @@ pub fn in_netns<T: Send>(netns: &Path, work: impl FnOnce() -> T + Send) -> T {
 }
 
 fn spawn_in(netns: &Path, cmd: &mut Command) -> Child {
-    let file =
-        File::open(netns).unwrap_or_else(|e| panic!("open netns {}: {e}", netns.display()));
+    let file = File::open(netns).unwrap_or_else(|e| panic!("open netns {}: {e}", netns.display()));
     let fd = file.as_raw_fd();
     // SAFETY: setns is one async-signal-safe system call; the fd stays open in the
     // parent until spawn returns, and the child inherited it across fork.

@@ -112,7 +112,11 @@ fn assert_all_added(
         .map(|(id, call)| (id, result_ipv4(&call.wait().expect_ok()).ip()))
         .collect();
     let distinct: BTreeSet<IpAddr> = results.iter().map(|(_, a)| *a).collect();
-    assert_eq!(distinct.len(), count, "addresses handed out twice: {results:?}");
+    assert_eq!(
+        distinct.len(),
+        count,
+        "addresses handed out twice: {results:?}"
+    );
     let nodes: Vec<String> = lab.nodes().iter().map(|m| m.name().to_string()).collect();
     let stored: BTreeSet<(String, IpAddr)> = recorded(cluster, reader, &nodes)
         .into_iter()
@@ -160,15 +164,18 @@ fn two_nodes_fifty_concurrent_adds_each_get_distinct_recorded_addresses() {
 }
 
 #[test]
-fn three_members_one_killed_mid_run_the_run_completes() {
+fn three_members_leader_killed_mid_run_the_run_completes() {
     let lab = lab_with_hosts(2, 3);
     let mut cluster = EtcdCluster::start(&lab, &[0, 1, 2]);
     let store = cluster.store_arg();
+    let leader = cluster.leader().expect("a healthy cluster has a leader");
     let mut running = spawn_adds(&lab, &store, 2, 15);
     std::thread::sleep(Duration::from_millis(200));
-    cluster.kill_member(0);
+    // The leader, so the run also rides out an election.
+    cluster.kill_member(leader);
     running.extend(spawn_adds(&lab, &store, 2, 15));
-    assert_all_added(&cluster, 1, &lab, running);
+    let survivor = (leader + 1) % cluster.member_count();
+    assert_all_added(&cluster, survivor, &lab, running);
 }
 
 #[test]
@@ -186,6 +193,7 @@ fn quorum_lost_add_fails_fast_with_code_11_and_recovers_without_restart() {
     let started = Instant::now();
     let outcome = lab.plugin_call(0, "ADD", &pod);
     let took = started.elapsed();
+    eprintln!("ADD without quorum: {took:?}: {}", outcome.stdout.trim());
     outcome.expect_error_mentioning(11, &cluster.endpoints()[0]);
     outcome.expect_error_mentioning(11, "try again later");
     assert!(took < FAILS_WITHIN, "ADD without quorum took {took:?}");
@@ -208,5 +216,100 @@ fn quorum_lost_add_fails_fast_with_code_11_and_recovers_without_restart() {
     assert!(recorded(&cluster, 0, &nodes).contains(&(second.pod.container_id.clone(), second.ipv4)));
     lab.del_pod(&second);
     lab.del_pod(&first);
-    assert!(recorded(&cluster, 0, &nodes).is_empty(), "DEL left allocations");
+    assert!(
+        recorded(&cluster, 0, &nodes).is_empty(),
+        "DEL left allocations"
+    );
+}
+
+/// Waits until every node's kernel has a fjord route covering each pod on other nodes.
+fn wait_pod_routes(lab: &Lab, pods: &[fjord_conformance::lab::LabPod]) {
+    for i in 0..lab.node_count() {
+        fjord_conformance::poll_until(
+            ROUTES_WITHIN,
+            &format!("node{} routes every other node's pods", i + 1),
+            || {
+                let routes = lab.node(i).fjord_routes();
+                pods.iter().filter(|p| p.node != i).all(|p| {
+                    [p.ipv4, p.ipv6]
+                        .iter()
+                        .all(|a| routes.iter().any(|r| r.dst.contains(*a)))
+                })
+            },
+        );
+    }
+}
+
+fn assert_pods_reach_each_other(pods: &[fjord_conformance::lab::LabPod]) {
+    let mut failures = Vec::new();
+    for a in pods {
+        for b in pods.iter().filter(|b| b.node != a.node) {
+            for v6 in [false, true] {
+                if !a.ping_once(b.address(v6)) {
+                    failures.push(format!("{} -> {}", a.address(v6), b.address(v6)));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "pod pings failed:\n{}",
+        failures.join("\n")
+    );
+}
+
+const ROUTES_WITHIN: Duration = Duration::from_secs(15);
+const TIMERS: [&str; 4] = ["--hold-time", "9", "--graceful-restart-time", "9"];
+
+#[test]
+fn three_node_lab_on_etcd_reaches_every_pod_and_rides_out_an_etcd_outage() {
+    let mut lab = lab_with_hosts(3, 1);
+    let mut cluster = EtcdCluster::start(&lab, &[0]);
+    lab.use_store(cluster.store_arg());
+    let mut daemons: Vec<_> = (0..3).map(|i| lab.start_routed(i, &TIMERS)).collect();
+    for i in 0..3 {
+        lab.wait_established(i, &lab.mesh_peers_of(i), ROUTES_WITHIN);
+    }
+    let mut pods: Vec<_> = (0..3).map(|i| lab.add_pod(i)).collect();
+    wait_pod_routes(&lab, &pods);
+    assert_pods_reach_each_other(&pods);
+
+    // etcd away: the daemons keep their peers and kernel routes.
+    let routes_before: Vec<_> = (0..3).map(|i| lab.node(i).fjord_routes()).collect();
+    cluster.kill_member(0);
+    std::thread::sleep(Duration::from_secs(3));
+    for (i, before) in routes_before.iter().enumerate() {
+        assert_eq!(
+            &lab.node(i).fjord_routes(),
+            before,
+            "node{} changed its routes while etcd was away\n{}",
+            i + 1,
+            lab.routed_log_tail(i)
+        );
+        assert!(
+            lab.routed_log_tail(i)
+                .contains("cannot read the node registry"),
+            "node{} did not notice etcd going away\n{}",
+            i + 1,
+            lab.routed_log_tail(i)
+        );
+    }
+    assert_pods_reach_each_other(&pods);
+
+    // etcd back: the daemons read the registry again and a new pod is reachable.
+    cluster.start_member(0);
+    cluster.wait_healthy(fjord_conformance::etcd::HEALTHY_WITHIN);
+    for i in 0..3 {
+        fjord_conformance::poll_until(
+            ROUTES_WITHIN,
+            &format!("node{} reads the registry again", i + 1),
+            || lab.routed_log_tail(i).contains("readable again"),
+        );
+    }
+    pods.push(lab.add_pod(2));
+    wait_pod_routes(&lab, &pods);
+    assert_pods_reach_each_other(&pods);
+    for d in &mut daemons {
+        d.assert_running();
+    }
 }

@@ -63,7 +63,10 @@ fn parse_etcd_endpoints(spec: &str, urls: &str) -> Result<Vec<String>, IpamError
     let mut endpoints = Vec::new();
     for url in urls.split(',') {
         if url.starts_with("https://") {
-            return Err(bad(url, "uses TLS, which this build does not support; use http://"));
+            return Err(bad(
+                url,
+                "uses TLS, which this build does not support; use http://",
+            ));
         }
         let Some(authority) = url.strip_prefix("http://") else {
             return Err(bad(url, "must be http://host:port"));

@@ -50,7 +50,7 @@ pub struct RunArgs {
     pub node_address: Vec<IpAddr>,
     #[arg(long, env = "FJORD_ASN", default_value_t = DEFAULT_ASN)]
     pub asn: u32,
-    /// dir:PATH (etcd and kubernetes stores come with their own issue).
+    /// dir:PATH or etcd:http://HOST:PORT[,...] (the kubernetes store comes with its own issue).
     #[arg(long, env = "FJORD_STORE", default_value = "dir:/var/lib/fjord/ipam")]
     pub store: String,
     #[arg(long, env = "FJORD_ENCAPSULATION", value_enum, default_value_t = Encapsulation::Never)]

@@ -85,7 +85,11 @@ mod tests {
 
     #[test]
     fn malformed_keys_and_values_are_refused() {
-        assert_eq!(parse_claim(b"/fjord/claims/10.0.0.1_26", b"n"), None, "host bits");
+        assert_eq!(
+            parse_claim(b"/fjord/claims/10.0.0.1_26", b"n"),
+            None,
+            "host bits"
+        );
         assert_eq!(parse_claim(b"/fjord/claims/10.0.0.0-26", b"n"), None);
         assert_eq!(parse_claim(b"/fjord/claims/10.0.0.0_26", b""), None);
         assert_eq!(parse_claim(b"/fjord/claims/10.0.0.0_26", b"a/b"), None);
@@ -93,6 +97,8 @@ mod tests {
         assert_eq!(parse_block_key("n", b"/fjord/blocks/m/10.0.0.0_26"), None);
         assert_eq!(parse_block_key("n", b"/fjord/blocks/n/garbage"), None);
         // One node's prefix is not a prefix of another's: "n/" vs "n2/".
-        assert!(!block_key("n2", &"10.0.0.0/26".parse().unwrap()).starts_with(&node_blocks_prefix("n")));
+        assert!(
+            !block_key("n2", &"10.0.0.0/26".parse().unwrap()).starts_with(&node_blocks_prefix("n"))
+        );
     }
 }

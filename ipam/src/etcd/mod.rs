@@ -125,10 +125,9 @@ impl EtcdStore {
                 Err(reason) => reason,
             };
             if started.elapsed() + RETRY_PAUSE >= UNAVAILABLE_BUDGET {
-                return Err(self.unavailable(format!(
-                    "{reason} (retried for {:?})",
-                    started.elapsed()
-                )));
+                return Err(
+                    self.unavailable(format!("{reason} (retried for {:?})", started.elapsed()))
+                );
             }
             std::thread::sleep(RETRY_PAUSE);
         }
@@ -268,12 +267,18 @@ fn commit_txn(read: &Read, node: &str, changed: &[Block]) -> (Txn, Vec<(String, 
     for block in changed {
         let key = keys::block_key(node, &block.cidr);
         match read.mod_revisions.get(&block.cidr) {
-            Some(&revision) => {
-                compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, revision))
-            }
+            Some(&revision) => compares.push(Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )),
             None => {
                 let claim = keys::claim_key(&block.cidr);
-                compares.push(Compare::create_revision(claim.as_str(), CompareOp::Equal, 0));
+                compares.push(Compare::create_revision(
+                    claim.as_str(),
+                    CompareOp::Equal,
+                    0,
+                ));
                 compares.push(Compare::create_revision(key.as_str(), CompareOp::Equal, 0));
                 written.push((claim, node.as_bytes().to_vec()));
                 claims = true;
@@ -284,9 +289,8 @@ fn commit_txn(read: &Read, node: &str, changed: &[Block]) -> (Txn, Vec<(String, 
     if claims {
         // Blocks of another size could overlap the new one under other keys: the
         // decision holds only if the claims it saw are still all there are.
-        compares.push(
-            Compare::mod_revision(CLAIMS, CompareOp::Less, read.revision + 1).with_prefix(),
-        );
+        compares
+            .push(Compare::mod_revision(CLAIMS, CompareOp::Less, read.revision + 1).with_prefix());
     }
     let puts: Vec<TxnOp> = written
         .iter()

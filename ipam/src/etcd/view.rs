@@ -75,7 +75,10 @@ impl EtcdRegistry {
                 "no answer for {:?}",
                 view.at.elapsed()
             ))),
-            Some(View { result: Ok(listing), .. }) => Ok(listing.clone()),
+            Some(View {
+                result: Ok(listing),
+                ..
+            }) => Ok(listing.clone()),
             Some(View { result: Err(e), .. }) => Err(reissue(e, self.store.endpoints())),
         }
     }
