@@ -197,6 +197,17 @@ fn quorum_lost_add_fails_fast_with_code_11_and_recovers_without_restart() {
     outcome.expect_error_mentioning(11, &cluster.endpoints()[0]);
     outcome.expect_error_mentioning(11, "try again later");
     assert!(took < FAILS_WITHIN, "ADD without quorum took {took:?}");
+    // The fjord-ipam binary's error path: the same code and message.
+    let store = cluster.store_arg();
+    let started = Instant::now();
+    let outcome =
+        ipam_call(&lab, 0, &store, "ADD", &unique_container_id()).run_in(lab.node(0).netns());
+    outcome.expect_error_mentioning(11, &cluster.endpoints()[2]);
+    assert!(
+        started.elapsed() < FAILS_WITHIN,
+        "fjord-ipam ADD without quorum took {:?}",
+        started.elapsed()
+    );
     let veth = host_veth_name(&pod.container_id, &pod.ifname);
     assert!(
         !lab.node(0).netns().try_ip(&["link", "show", &veth]),
