@@ -97,6 +97,12 @@ impl EtcdCluster {
         format!("etcd:{}", self.endpoints().join(","))
     }
 
+    /// A directory on the same tmpfs as the members' data, removed with the cluster (a
+    /// `dir:` store to compare with on equal storage).
+    pub fn scratch_dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
     pub fn member_count(&self) -> usize {
         self.members.len()
     }
