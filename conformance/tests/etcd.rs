@@ -4,7 +4,8 @@
 //! - two nodes x 50 concurrent ADDs (each its own `fjord-ipam` process) on one member:
 //!   100 distinct addresses, all recorded; a steady-state ADD costs 2 Txn RPCs (one
 //!   read-only, one compare-and-swap commit), counted by etcd's own metrics;
-//! - three members, one killed (SIGKILL) mid-run: every ADD of the run completes;
+//! - three members, the leader killed (SIGKILL) while ADDs are in flight: every ADD of
+//!   the run completes;
 //! - quorum lost: the real `fjord` plugin's ADD fails fast with code 11 naming the
 //!   endpoints, leaves no veth and writes nothing; after the members return, ADD works
 //!   without restarting anything;
@@ -130,6 +131,15 @@ fn assert_all_added(
     );
 }
 
+/// Whether `pid` is alive and not yet a zombie.
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
 #[test]
 fn two_nodes_fifty_concurrent_adds_each_get_distinct_recorded_addresses() {
     let lab = lab_with_hosts(2, 1);
@@ -170,9 +180,17 @@ fn three_members_leader_killed_mid_run_the_run_completes() {
     let store = cluster.store_arg();
     let leader = cluster.leader().expect("a healthy cluster has a leader");
     let mut running = spawn_adds(&lab, &store, 2, 15);
-    std::thread::sleep(Duration::from_millis(200));
+    let in_flight = running
+        .iter()
+        .filter(|(_, call)| is_running(call.pid()))
+        .count();
     // The leader, so the run also rides out an election.
     cluster.kill_member(leader);
+    assert!(
+        in_flight > 0,
+        "every ADD finished before the member was killed"
+    );
+    eprintln!("{in_flight} of 30 ADDs in flight when the leader was killed");
     running.extend(spawn_adds(&lab, &store, 2, 15));
     let survivor = (leader + 1) % cluster.member_count();
     assert_all_added(&cluster, survivor, &lab, running);
