@@ -10,12 +10,16 @@
 //!   endpoints, leaves no veth and writes nothing; after the members return, ADD works
 //!   without restarting anything;
 //! - a three-node lab with `fjord-routed --store etcd:` gives full pod-to-pod
-//!   reachability, keeps its routes while etcd is down and picks up new blocks after.
+//!   reachability, keeps its routes while etcd is down, and after etcd returns routes a
+//!   block claimed then.
 
+use fjord_conformance::bins::REFERENCE_PLUGIN_DIR;
 use fjord_conformance::etcd::EtcdCluster;
-use fjord_conformance::lab::{Lab, LabSpec, LAB_POOL_V4, LAB_POOL_V6};
-use fjord_conformance::plugin::result_ipv4;
-use fjord_conformance::{fjord_bin, host_veth_name, unique_container_id, PluginCall, Pod};
+use fjord_conformance::lab::{Lab, LabPod, LabSpec, LAB_POOL_V4, LAB_POOL_V6};
+use fjord_conformance::plugin::{result_ipv4, result_ipv6};
+use fjord_conformance::{
+    fjord_bin, fjord_bin_dir, host_veth_name, unique_container_id, PluginCall, Pod,
+};
 use fjord_ipam::etcd::EtcdStore;
 use fjord_ipam::store::Store;
 use serde_json::{json, Value};
@@ -252,7 +256,7 @@ fn quorum_lost_add_fails_fast_with_code_11_and_recovers_without_restart() {
 }
 
 /// Waits until every node's kernel has a fjord route covering each pod on other nodes.
-fn wait_pod_routes(lab: &Lab, pods: &[fjord_conformance::lab::LabPod]) {
+fn wait_pod_routes(lab: &Lab, pods: &[LabPod]) {
     for i in 0..lab.node_count() {
         fjord_conformance::poll_until(
             ROUTES_WITHIN,
@@ -269,7 +273,7 @@ fn wait_pod_routes(lab: &Lab, pods: &[fjord_conformance::lab::LabPod]) {
     }
 }
 
-fn assert_pods_reach_each_other(pods: &[fjord_conformance::lab::LabPod]) {
+fn assert_pods_reach_each_other(pods: &[LabPod]) {
     let mut failures = Vec::new();
     for a in pods {
         for b in pods.iter().filter(|b| b.node != a.node) {
@@ -288,6 +292,39 @@ fn assert_pods_reach_each_other(pods: &[fjord_conformance::lab::LabPod]) {
 }
 
 const ROUTES_WITHIN: Duration = Duration::from_secs(15);
+/// In the lab pool, far from the blocks claimed in order from its start.
+const NEW_BLOCK_ADDRESS: &str = "10.244.200.5";
+
+/// A pod on node `i` whose IPv4 address is requested (CNI_ARGS `IP=`), so its block is
+/// claimed by this ADD.
+fn add_pod_with_ipv4(lab: &Lab, i: usize, ipv4: &str) -> LabPod {
+    let pod = Pod::new();
+    let result = PluginCall::new(
+        fjord_bin("fjord"),
+        "ADD",
+        &pod.container_id,
+        &pod.netns_path(),
+        &pod.ifname,
+        &format!("{}:{REFERENCE_PLUGIN_DIR}", fjord_bin_dir().display()),
+        &lab.cni_config(i),
+    )
+    .with_cni_args(&format!("IP={ipv4}"))
+    .run_in(lab.node(i).netns())
+    .expect_ok();
+    let pod = LabPod {
+        pod,
+        node: i,
+        ipv4: result_ipv4(&result).ip(),
+        ipv6: result_ipv6(&result).ip(),
+        result,
+    };
+    assert_eq!(
+        pod.ipv4.to_string(),
+        ipv4,
+        "the requested address was not given"
+    );
+    pod
+}
 const TIMERS: [&str; 4] = ["--hold-time", "9", "--graceful-restart-time", "9"];
 
 #[test]
@@ -335,7 +372,15 @@ fn three_node_lab_on_etcd_reaches_every_pod_and_rides_out_an_etcd_outage() {
             || lab.routed_log_tail(i).contains("readable again"),
         );
     }
-    pods.push(lab.add_pod(2));
+    // A block claimed now (a requested address outside node3's block) must reach the
+    // other nodes' kernels: the daemons are announcing from the store again.
+    pods.push(add_pod_with_ipv4(&lab, 2, NEW_BLOCK_ADDRESS));
+    assert!(
+        routes_before[0]
+            .iter()
+            .all(|r| !r.dst.contains(pods[3].ipv4)),
+        "the new block was routed before it was claimed"
+    );
     wait_pod_routes(&lab, &pods);
     assert_pods_reach_each_other(&pods);
     for d in &mut daemons {
