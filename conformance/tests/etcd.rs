@@ -7,7 +7,8 @@
 //! - three members, the leader killed (SIGKILL) while ADDs are in flight: every ADD of
 //!   the run completes;
 //! - quorum lost: the real `fjord` plugin's ADD fails fast with code 11 naming the
-//!   endpoints, leaves no veth and writes nothing; after the members return, ADD works
+//!   endpoints, leaves no veth and writes nothing (the `fjord-ipam` binary too, and an
+//!   endpoint nobody answers on fails as fast); after the members return, ADD works
 //!   without restarting anything;
 //! - a three-node lab with `fjord-routed --store etcd:` gives full pod-to-pod
 //!   reachability, keeps its routes while etcd is down, and after etcd returns routes a
@@ -228,6 +229,17 @@ fn quorum_lost_add_fails_fast_with_code_11_and_recovers_without_restart() {
     assert!(
         started.elapsed() < FAILS_WITHIN,
         "fjord-ipam ADD without quorum took {:?}",
+        started.elapsed()
+    );
+    // Nobody at the address (no ARP answer on the segment): the connect timeout bounds it.
+    let nobody = "etcd:http://10.250.0.199:2379";
+    let started = Instant::now();
+    ipam_call(&lab, 0, nobody, "ADD", &unique_container_id())
+        .run_in(lab.node(0).netns())
+        .expect_error_mentioning(11, "http://10.250.0.199:2379");
+    assert!(
+        started.elapsed() < FAILS_WITHIN,
+        "ADD against nobody took {:?}",
         started.elapsed()
     );
     let veth = host_veth_name(&pod.container_id, &pod.ifname);
