@@ -86,3 +86,25 @@ impl From<PluginError> for CniError {
         CniError::new(code, e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_cluster_store_is_try_again_later_naming_the_endpoints() {
+        let e = PluginError::from(IpamError::StoreUnavailable {
+            endpoints: "http://10.0.0.11:2379,http://10.0.0.12:2379".into(),
+            reason: "etcdserver: no leader".into(),
+        });
+        let cni = CniError::from(e);
+        assert_eq!(cni.code, 11);
+        assert!(
+            cni.msg
+                .contains("http://10.0.0.11:2379,http://10.0.0.12:2379"),
+            "{}",
+            cni.msg
+        );
+        assert!(cni.msg.contains("no leader"), "{}", cni.msg);
+    }
+}

@@ -15,6 +15,10 @@
 #   procps                        ps, pgrep for debugging runaway plugins
 #   python3                       demo.sh pretty-prints results with it
 #   python3-venv                  the venv below for kubernetes-validate
+#   etcd-server                   the etcd: store tests and `fjord-lab up --store etcd` run
+#                                 real etcd members
+#   protobuf-compiler             protoc, which the etcd-client crate's build script runs
+#   libprotobuf-dev               google/protobuf/*.proto, which that protoc run imports
 #
 # And from PyPI, in its own venv (/opt/fjord-test-venv, or $FJORD_TEST_VENV):
 #   kubernetes-validate           checks deploy/*.yaml offline against the Kubernetes
@@ -24,6 +28,7 @@ set -euo pipefail
 PACKAGES=(
     iproute2 util-linux iputils-ping containernetworking-plugins
     podman runc conmon busybox-static iperf3 procps python3 python3-venv
+    etcd-server protobuf-compiler libprotobuf-dev
 )
 KUBERNETES_VALIDATE_VERSION=1.37.0
 TEST_VENV=${FJORD_TEST_VENV:-/opt/fjord-test-venv}
@@ -36,9 +41,6 @@ if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-test-deps.sh: apt-get not found; this script targets Debian 12" >&2
     exit 1
 fi
-
-# fjord-lab up --store etcd runs Debian's etcd inside a lab namespace (docs/lab.md).
-PACKAGES+=(etcd-server)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -67,11 +69,14 @@ required=(
     /usr/lib/cni/ptp /usr/lib/cni/host-local /usr/lib/cni/loopback
     /bin/busybox "$TEST_VENV/bin/kubernetes-validate" "$TEST_VENV/bin/python"
 )
-commands=(ip nsenter setpriv ping podman runc conmon iperf3)
+commands=(ip nsenter setpriv ping podman runc conmon iperf3 etcd protoc)
 problems=()
 for path in "${required[@]}"; do
     [ -x "$path" ] || problems+=("$path is missing")
 done
+# Read, not executed: the well-known protos etcd-client's protoc run imports.
+[ -f /usr/include/google/protobuf/descriptor.proto ] ||
+    problems+=("/usr/include/google/protobuf/descriptor.proto is missing (libprotobuf-dev)")
 for cmd in "${commands[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || problems+=("command $cmd is not on PATH")
 done

@@ -7,6 +7,7 @@
 //! before it executes the plugin.
 
 pub mod bins;
+pub mod etcd;
 pub mod fake_apiserver;
 pub mod kernel;
 pub mod lab;

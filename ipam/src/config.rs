@@ -30,6 +30,8 @@ pub enum StoreSpec {
     /// writes to `DIR/<node>.json`; allocations inside them are kept in `DIR/ipam`
     /// (ipam/src/kubernetes.rs). DIR defaults to [`DEFAULT_KUBERNETES_DIR`].
     Kubernetes(PathBuf),
+    /// `etcd:URL[,URL...]`: an etcd v3 cluster, by its client URLs (`http://host:port`).
+    Etcd(Vec<String>),
 }
 
 impl FromStr for StoreSpec {
@@ -44,6 +46,9 @@ impl FromStr for StoreSpec {
             }
             return Ok(StoreSpec::Dir(PathBuf::from(path)));
         }
+        if let Some(urls) = s.strip_prefix("etcd:") {
+            return parse_etcd_endpoints(s, urls).map(StoreSpec::Etcd);
+        }
         if s == "kubernetes" {
             return Ok(StoreSpec::Kubernetes(PathBuf::from(DEFAULT_KUBERNETES_DIR)));
         }
@@ -55,15 +60,45 @@ impl FromStr for StoreSpec {
             }
             return Ok(StoreSpec::Kubernetes(PathBuf::from(path)));
         }
-        if s.starts_with("etcd:") {
-            return Err(IpamError::StoreNotSupported {
-                spec: s.to_string(),
-            });
-        }
         Err(IpamError::Config(format!(
             "\"store\" {s:?} is not dir:PATH, etcd:URL[,URL...] or kubernetes[:DIR]"
         )))
     }
+}
+
+/// `http://host:port` client URLs, checked here so a typo fails with the URL named
+/// instead of as an unreachable cluster.
+fn parse_etcd_endpoints(spec: &str, urls: &str) -> Result<Vec<String>, IpamError> {
+    let bad = |url: &str, why: &str| {
+        IpamError::Config(format!("\"store\" {spec:?}: etcd endpoint {url:?} {why}"))
+    };
+    let mut endpoints = Vec::new();
+    for url in urls.split(',') {
+        if url.starts_with("https://") {
+            return Err(bad(
+                url,
+                "uses TLS, which this build does not support; use http://",
+            ));
+        }
+        let Some(authority) = url.strip_prefix("http://") else {
+            return Err(bad(url, "must be http://host:port"));
+        };
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        let (host, port) = authority
+            .rsplit_once(':')
+            .ok_or_else(|| bad(url, "has no port (http://host:port)"))?;
+        let host_ok = !host.is_empty()
+            && !host.contains(['/', '@', '?', '#'])
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
+        if !host_ok {
+            return Err(bad(url, "has no usable host (IPv6 goes in brackets)"));
+        }
+        if !port.parse::<u16>().is_ok_and(|p| p != 0) {
+            return Err(bad(url, "has no valid port (1-65535)"));
+        }
+        endpoints.push(format!("http://{authority}"));
+    }
+    Ok(endpoints)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -274,14 +309,8 @@ mod tests {
     }
 
     #[test]
-    fn stores_other_than_dir_are_refused_clearly() {
+    fn unknown_or_malformed_stores_are_refused_clearly() {
         let with = |s: &str| parse(json!({"pools": ["10.0.0.0/8"], "store": s})).unwrap_err();
-        let e = with("etcd:http://127.0.0.1:2379");
-        assert!(matches!(e, IpamError::StoreNotSupported { .. }));
-        assert!(
-            e.to_string().contains("not supported yet by this build"),
-            "{e}"
-        );
         assert!(with("dir:relative/path").to_string().contains("absolute"));
         assert!(with("s3://bucket").to_string().contains("is not dir:PATH"));
     }
@@ -304,6 +333,32 @@ mod tests {
             "dir still needs pools"
         );
         assert!(parse(json!({"store": "kubernetes", "pools": []})).is_err());
+    }
+
+    #[test]
+    fn etcd_endpoints_are_parsed_and_bad_ones_named() {
+        let ok = |s: &str| s.parse::<StoreSpec>().unwrap();
+        assert_eq!(
+            ok("etcd:http://10.0.0.1:2379,http://[fd00::1]:2379/"),
+            StoreSpec::Etcd(vec![
+                "http://10.0.0.1:2379".into(),
+                "http://[fd00::1]:2379".into()
+            ])
+        );
+        assert_eq!(
+            ok("etcd:http://etcd-0.example:2379"),
+            StoreSpec::Etcd(vec!["http://etcd-0.example:2379".into()])
+        );
+        let bad = |s: &str| s.parse::<StoreSpec>().unwrap_err().to_string();
+        assert!(bad("etcd:").contains("must be http://host:port"));
+        assert!(bad("etcd:10.0.0.1:2379").contains("\"10.0.0.1:2379\" must be http://"));
+        assert!(bad("etcd:https://e:2379").contains("TLS"));
+        assert!(bad("etcd:http://e").contains("no port"));
+        assert!(bad("etcd:http://e:99999").contains("valid port"));
+        assert!(bad("etcd:http://:2379").contains("no usable host"));
+        assert!(bad("etcd:http://fd00::1:2379").contains("brackets"));
+        assert!(bad("etcd:http://e:2379,").contains("\"\""));
+        assert!(bad("etcd:http://e:2379/v3").contains("valid port"));
     }
 
     #[test]

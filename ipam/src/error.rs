@@ -13,8 +13,6 @@ use std::time::Duration;
 pub enum IpamError {
     #[error("invalid IPAM configuration: {0}")]
     Config(String),
-    #[error("IPAM store {spec:?} is not supported yet by this build; use \"dir:PATH\"")]
-    StoreNotSupported { spec: String },
     #[error(
         "pool exhausted: no free address for node {node} in {}: every block is claimed and the node's own blocks are full",
         list(.pools)
@@ -53,6 +51,14 @@ pub enum IpamError {
     PodCidrsNotWritten { node: String, path: PathBuf },
     #[error("the Kubernetes API has no Node named {node}: check --node-name (kubelet creates the Node when it registers)")]
     NoSuchNode { node: String },
+    #[error("IPAM store etcd:{endpoints} cannot be used (unreachable or without quorum): {reason}; try again later")]
+    StoreUnavailable { endpoints: String, reason: String },
+    #[error("IPAM store etcd:{endpoints}: {attempts} transactions lost to concurrent writers within {waited:?}; try again later")]
+    StoreContended {
+        endpoints: String,
+        attempts: u32,
+        waited: Duration,
+    },
 }
 
 impl IpamError {
@@ -65,7 +71,6 @@ impl IpamError {
     pub fn code(&self) -> ErrorCode {
         match self {
             IpamError::Config(_)
-            | IpamError::StoreNotSupported { .. }
             | IpamError::NotInPool { .. }
             | IpamError::AddressUnavailable { .. } => ErrorCode::InvalidConfig,
             IpamError::PoolExhausted { .. } => ErrorCode::AddressExhausted,
@@ -73,9 +78,10 @@ impl IpamError {
             IpamError::NotAllocated { .. } => ErrorCode::UnknownContainer,
             IpamError::Mismatch { .. } => ErrorCode::CheckFailed,
             IpamError::StoreIo { .. } | IpamError::CorruptRecord { .. } => ErrorCode::IoFailure,
-            IpamError::StoreBusy { .. } | IpamError::PodCidrsNotWritten { .. } => {
-                ErrorCode::TryAgainLater
-            }
+            IpamError::StoreBusy { .. }
+            | IpamError::StoreUnavailable { .. }
+            | IpamError::StoreContended { .. }
+            | IpamError::PodCidrsNotWritten { .. } => ErrorCode::TryAgainLater,
             IpamError::NoSuchNode { .. } => ErrorCode::InvalidConfig,
         }
     }
@@ -107,12 +113,6 @@ mod tests {
     fn each_failure_gets_its_spec_code() {
         let cases: Vec<(IpamError, u32)> = vec![
             (IpamError::Config("x".into()), 7),
-            (
-                IpamError::StoreNotSupported {
-                    spec: "etcd:".into(),
-                },
-                7,
-            ),
             (
                 IpamError::PoolExhausted {
                     node: "n".into(),
@@ -147,6 +147,21 @@ mod tests {
                 IpamError::PodCidrsNotWritten {
                     node: "n".into(),
                     path: "/var/lib/fjord/kubernetes/n.json".into(),
+                },
+                11,
+            ),
+            (
+                IpamError::StoreUnavailable {
+                    endpoints: "http://127.0.0.1:2379".into(),
+                    reason: "timed out".into(),
+                },
+                11,
+            ),
+            (
+                IpamError::StoreContended {
+                    endpoints: "http://127.0.0.1:2379".into(),
+                    attempts: 9,
+                    waited: Duration::from_secs(10),
                 },
                 11,
             ),

@@ -3,7 +3,8 @@
 //!
 //! The `fjord` CNI plugin calls [`Ipam`] in-process; the `fjord-ipam` binary wraps the
 //! same calls as a CNI IPAM plugin. Decisions are pure ([`allocator`]); the store only
-//! runs them as transactions ([`store::Store`], implemented by [`dir::DirStore`]).
+//! runs them as transactions ([`store::Store`], implemented by [`dir::DirStore`] and
+//! [`etcd::EtcdStore`]).
 
 pub mod allocator;
 pub mod block;
@@ -11,6 +12,7 @@ pub mod cni;
 pub mod config;
 pub mod dir;
 pub mod error;
+pub mod etcd;
 pub mod kubernetes;
 pub mod pool;
 pub mod registry;
@@ -35,15 +37,16 @@ pub struct Ipam {
 impl Ipam {
     /// Opens the configured store (a `dir:` store is created if missing).
     pub fn open(config: IpamConfig) -> Result<Ipam, IpamError> {
-        let store = match &config.store {
-            StoreSpec::Dir(path) => dir::DirStore::open(path)?,
+        let store: Box<dyn Store> = match &config.store {
+            StoreSpec::Dir(path) => Box::new(dir::DirStore::open(path)?),
+            StoreSpec::Etcd(endpoints) => Box::new(etcd::EtcdStore::open(endpoints)?),
             StoreSpec::Kubernetes(dir) => {
                 let store = kubernetes::KubernetesStore::open(dir, &config.node_name)?;
                 let config = store.layout_config(config)?;
                 return Ok(Ipam::with_store(config, Box::new(store)));
             }
         };
-        Ok(Ipam::with_store(config, Box::new(store)))
+        Ok(Ipam::with_store(config, store))
     }
 
     pub fn with_store(config: IpamConfig, store: Box<dyn Store>) -> Ipam {

@@ -122,13 +122,13 @@ fn exhaustion_and_bad_stores_get_their_codes() {
         .contains("10.0.0.0/29"));
 
     let mut etcd = conf.clone();
-    etcd["ipam"]["store"] = json!("etcd:http://127.0.0.1:2379");
+    etcd["ipam"]["store"] = json!("etcd:127.0.0.1:2379");
     let out = call("ADD", "c7", &etcd);
     assert_eq!(error_code(&out), 7);
     assert!(out.1.unwrap()["msg"]
         .as_str()
         .unwrap()
-        .contains("not supported yet"));
+        .contains("\"127.0.0.1:2379\" must be http://host:port"));
 
     let file = dir.0.join("plain-file");
     std::fs::write(&file, b"").unwrap();

@@ -68,8 +68,9 @@ pub struct RunArgs {
     pub node_address: Vec<IpAddr>,
     #[arg(long, env = "FJORD_ASN", default_value_t = DEFAULT_ASN)]
     pub asn: u32,
-    /// dir:PATH, or kubernetes[:DIR] (Node objects; podCIDRs written to DIR/<node>.json,
-    /// DIR defaulting to /var/lib/fjord/kubernetes: docs/kubernetes.md).
+    /// dir:PATH, etcd:http://HOST:PORT[,...], or kubernetes[:DIR] (Node objects; podCIDRs
+    /// written to DIR/<node>.json, DIR defaulting to /var/lib/fjord/kubernetes:
+    /// docs/kubernetes.md).
     #[arg(long, env = "FJORD_STORE", default_value = "dir:/var/lib/fjord/ipam")]
     pub store: String,
     /// With --store kubernetes: a kubeconfig file. Without it, the in-cluster service

@@ -20,7 +20,10 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: fjord-bench cni [--pods N] [--reference-vs-reference]";
+#[path = "../bench/etcd_store.rs"]
+mod etcd_store;
+
+const USAGE: &str = "usage: fjord-bench cni [--pods N] [--reference-vs-reference | --store etcd]";
 const DEFAULT_PODS: usize = 200;
 /// The goal for fjord's median ADD and DEL, as a fraction of the reference's.
 const TARGET_RATIO: f64 = 0.5;
@@ -36,6 +39,8 @@ struct Args {
     pods: usize,
     /// Benchmarks the reference against itself: the spread this machine's noise alone gives.
     reference_vs_reference: bool,
+    /// `--store etcd`: fjord on a `dir:` store against fjord on an `etcd:` store.
+    etcd_store: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -44,6 +49,7 @@ fn parse_args() -> Result<Args> {
     let mut parsed = Args {
         pods: DEFAULT_PODS,
         reference_vs_reference: false,
+        etcd_store: false,
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -53,6 +59,14 @@ fn parse_args() -> Result<Args> {
                 ensure!(parsed.pods > 0, "--pods must be at least 1");
             }
             "--reference-vs-reference" => parsed.reference_vs_reference = true,
+            "--store" => {
+                let store = args.next().context("--store needs a store kind")?;
+                ensure!(
+                    store == "etcd",
+                    "--store {store}: only etcd is compared with dir"
+                );
+                parsed.etcd_store = true;
+            }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -86,6 +100,9 @@ fn main() {
             "fjord-bench creates network namespaces: run it as root"
         );
         catch_ctrl_c()?;
+        if args.etcd_store {
+            return etcd_store::run(args.pods);
+        }
         run_cni_bench(&args)
     });
     // Every guard (namespaces, temp dirs) has dropped by now: errors are returned, not
