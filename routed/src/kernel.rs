@@ -55,7 +55,6 @@ const RECEIVE_BUFFER: libc::c_int = 1 << 20;
 const ERRORS_KEPT: usize = 16;
 
 const ESRCH: i32 = 3;
-const EINVAL: i32 = 22;
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -252,32 +251,17 @@ impl Kernel {
 
     async fn execute(&self, op: RouteOp) -> Result<(), KernelError> {
         match op {
-            RouteOp::Replace { prefix, next_hop } => match self.install(prefix, next_hop).await {
-                // IPv6 checks an onlink gateway against the table as it stands: while
-                // Fjord's native route for the same prefix (holding the gateway, on
-                // another device) is there, the replace is refused. Remove, then add.
-                Err(rtnetlink::Error::NetlinkError(e))
-                    if e.raw_code() == -EINVAL
-                        && prefix.is_ipv6()
-                        && matches!(next_hop, NextHop::OnLink { .. }) =>
-                {
-                    self.remove(prefix, RT_METRIC_FJORD).await?;
-                    self.install(prefix, next_hop).await
-                }
-                result => result,
+            RouteOp::Replace { prefix, next_hop } => {
+                let message = install_message(prefix, next_hop);
+                let request = self.handle.route().add(message).replace();
+                request.execute().await.map_err(|e| KernelError::Install {
+                    prefix,
+                    next_hop,
+                    source: to_io(e),
+                })
             }
-            .map_err(|e| KernelError::Install {
-                prefix,
-                next_hop,
-                source: to_io(e),
-            }),
             RouteOp::Remove { prefix } => self.remove(prefix, RT_METRIC_FJORD).await,
         }
-    }
-
-    async fn install(&self, prefix: IpNetwork, next_hop: NextHop) -> Result<(), rtnetlink::Error> {
-        let message = install_message(prefix, next_hop);
-        self.handle.route().add(message).replace().execute().await
     }
 
     /// Deletes Fjord's route for `prefix` with `metric`; the protocol in the request
