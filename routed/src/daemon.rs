@@ -5,7 +5,7 @@ use crate::bgp::{self, PeerCommand, PeerEvent, PeerHandle, SessionState};
 use crate::config::{Encapsulation, Settings};
 use crate::encap::{self, Encap};
 use crate::error::RoutedError;
-use crate::kernel::{Kernel, RouteOp};
+use crate::kernel::Kernel;
 use crate::kubernetes;
 use crate::mesh::{self, DesiredPeer, PeerKind};
 use crate::rib::{Family, Path, PeerKey, Rib, RibChange};
@@ -483,15 +483,11 @@ impl Daemon {
         }
         let count = changes.len();
         let started = std::time::Instant::now();
-        let vxlan_before = self.vxlan_routes.len();
-        let mut vxlan_changed = false;
-        let ops: Vec<RouteOp> = changes
-            .into_iter()
-            .map(|change| self.route_op(change, &mut vxlan_changed))
-            .collect();
-        if vxlan_changed || vxlan_before != self.vxlan_routes.len() {
+        let (clear, ops, vxlan_changed) = self.route_ops(changes);
+        if vxlan_changed {
             self.sync_vteps(self.restart_window.is_some()).await;
         }
+        self.remove_first(clear).await;
         match self.kernel.apply(ops).await {
             Ok(()) => info!(node = %self.settings.node_name, routes = count,
                 millis = started.elapsed().as_millis() as u64, "kernel routes updated"),
@@ -505,6 +501,7 @@ impl Daemon {
         let (desired, vxlan_routes) = self.desired_routes();
         self.vxlan_routes = vxlan_routes;
         self.sync_vteps(false).await;
+        self.clear_before_onlink(&desired).await;
         match self.kernel.reconcile(&desired).await {
             Ok(report) if report.removed + report.installed > 0 => {
                 info!(node = %self.settings.node_name, removed = report.removed,

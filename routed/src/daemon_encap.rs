@@ -94,6 +94,7 @@ impl Daemon {
         let (desired, vxlan_routes) = self.desired_routes();
         self.vxlan_routes = vxlan_routes;
         self.sync_vteps(true).await;
+        self.clear_before_onlink(&desired).await;
         let ops = desired
             .into_iter()
             .map(|(prefix, next_hop)| RouteOp::Replace { prefix, next_hop });
@@ -102,8 +103,72 @@ impl Daemon {
         }
     }
 
+    /// RIB changes as kernel ops, keeping `vxlan_routes` up to date: the removals that
+    /// must go first ([`encap::must_clear_before`]), the ops, and whether the VXLAN
+    /// routes (hence the FDB and neighbour entries) changed.
+    pub(super) fn route_ops(
+        &mut self,
+        changes: Vec<RibChange>,
+    ) -> (Vec<RouteOp>, Vec<RouteOp>, bool) {
+        let mut vxlan_changed = false;
+        let mut clear = Vec::new();
+        let mut ops = Vec::with_capacity(changes.len());
+        for change in changes {
+            let was_vxlan = self.vxlan_routes.contains_key(&change.prefix());
+            let op = self.route_op(change, &mut vxlan_changed);
+            // A route that was not through VXLAN may be native in the kernel (or absent,
+            // when removing it is a no-op).
+            if let RouteOp::Replace { prefix, next_hop } = op {
+                let current = (!was_vxlan).then_some(NextHop::Via(prefix.network()));
+                if encap::must_clear_before(prefix, current, next_hop) {
+                    clear.push(RouteOp::Remove { prefix });
+                }
+            }
+            ops.push(op);
+        }
+        (clear, ops, vxlan_changed)
+    }
+
+    /// Removes Fjord's IPv6 routes that `desired` turns onlink and the kernel holds
+    /// otherwise ([`encap::must_clear_before`]), before a reconcile or re-choice
+    /// installs them.
+    pub(super) async fn clear_before_onlink(&self, desired: &HashMap<IpNetwork, NextHop>) {
+        let current = match self.kernel.fjord_routes().await {
+            Ok(routes) => routes,
+            Err(e) => {
+                warn!(node = %self.settings.node_name, error = %e, "cannot read the routes to re-choose");
+                return;
+            }
+        };
+        let clear: Vec<RouteOp> = current
+            .into_iter()
+            .filter(|r| {
+                desired
+                    .get(&r.prefix)
+                    .is_some_and(|wanted| encap::must_clear_before(r.prefix, r.next_hop, *wanted))
+            })
+            .map(|r| RouteOp::Remove { prefix: r.prefix })
+            .collect();
+        self.remove_first(clear).await;
+    }
+
+    pub(super) async fn remove_first(&self, clear: Vec<RouteOp>) {
+        if clear.is_empty() {
+            return;
+        }
+        let count = clear.len();
+        match self.kernel.apply(clear).await {
+            Ok(()) => {
+                debug!(node = %self.settings.node_name, routes = count, "removed IPv6 routes that turn onlink")
+            }
+            Err(e) => {
+                warn!(node = %self.settings.node_name, error = %e, "cannot remove IPv6 routes that turn onlink")
+            }
+        }
+    }
+
     /// One RIB change as a kernel op, keeping `vxlan_routes` up to date.
-    pub(super) fn route_op(&mut self, change: RibChange, vxlan_changed: &mut bool) -> RouteOp {
+    fn route_op(&mut self, change: RibChange, vxlan_changed: &mut bool) -> RouteOp {
         let (prefix, choice) = match change {
             RibChange::Remove { prefix } => (prefix, None),
             RibChange::Install { prefix, next_hop } => {

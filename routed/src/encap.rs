@@ -180,6 +180,17 @@ impl Encap {
     }
 }
 
+/// Whether Fjord's route for `prefix`, now `current`, must be removed before `wanted` can
+/// be installed. IPv6 checks an onlink gateway against the table as it stands and
+/// refuses (EINVAL) one that falls inside a route on another device: the block's own
+/// native route holds its VTEP address, so a native -> VXLAN change of an IPv6 block
+/// is a remove and an add. IPv4 replaces in place.
+pub fn must_clear_before(prefix: IpNetwork, current: Option<NextHop>, wanted: NextHop) -> bool {
+    prefix.is_ipv6()
+        && matches!(wanted, NextHop::OnLink { .. })
+        && current.is_some_and(|c| c != wanted)
+}
+
 /// The FDB and neighbour entries `fjord.vxlan` must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VtepEntries {
@@ -278,6 +289,29 @@ mod tests {
         }
         e.device = Some(9);
         e
+    }
+
+    #[test]
+    fn only_ipv6_routes_turning_onlink_are_cleared_first() {
+        let onlink = NextHop::OnLink {
+            gateway: ip("fd00:244::40"),
+            ifindex: 9,
+        };
+        let native = NextHop::Via(ip("fd00:250::2"));
+        let v6 = net("fd00:244::40/122");
+        assert!(must_clear_before(v6, Some(native), onlink));
+        assert!(!must_clear_before(v6, Some(onlink), onlink));
+        assert!(!must_clear_before(v6, None, onlink));
+        assert!(!must_clear_before(v6, Some(onlink), native));
+        let v4_onlink = NextHop::OnLink {
+            gateway: ip("10.244.0.64"),
+            ifindex: 9,
+        };
+        assert!(!must_clear_before(
+            net("10.244.0.64/26"),
+            Some(NextHop::Via(ip("10.250.0.2"))),
+            v4_onlink
+        ));
     }
 
     #[test]

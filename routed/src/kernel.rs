@@ -61,7 +61,6 @@ const RECEIVE_BUFFER: libc::c_int = 1 << 20;
 const ERRORS_KEPT: usize = 16;
 
 const ESRCH: i32 = 3;
-const EINVAL: i32 = 22;
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -231,9 +230,7 @@ impl Kernel {
             }
             failures.attempted += piece.len();
             for e in self.apply_piece(piece).await {
-                if let Err(e) = self.retry_onlink_v6(e).await {
-                    failures.note(e);
-                }
+                failures.note(e);
             }
         }
         failures.result()
@@ -287,41 +284,6 @@ impl Kernel {
         collect_failures(removals).await?;
         self.apply(plan.install).await?;
         Ok(report)
-    }
-
-    /// IPv6 checks an onlink gateway against the table as it stands: while Fjord's
-    /// native route for the same prefix (holding the gateway, on another device) is
-    /// there, the batched replace is refused with EINVAL. Such a route is removed, then
-    /// added, one request at a time.
-    async fn retry_onlink_v6(&self, e: KernelError) -> Result<(), KernelError> {
-        let KernelError::Install {
-            prefix,
-            next_hop: next_hop @ NextHop::OnLink { .. },
-            source,
-        } = e
-        else {
-            return Err(e);
-        };
-        if !prefix.is_ipv6() || source.raw_os_error() != Some(EINVAL) {
-            return Err(KernelError::Install {
-                prefix,
-                next_hop,
-                source,
-            });
-        }
-        self.remove(prefix, RT_METRIC_FJORD).await?;
-        let message = install_message(prefix, next_hop);
-        self.handle
-            .route()
-            .add(message)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| KernelError::Install {
-                prefix,
-                next_hop,
-                source: to_io(e),
-            })
     }
 
     /// Deletes Fjord's route for `prefix` with `metric`; the protocol in the request
