@@ -10,15 +10,17 @@
 //! No API server or kubelet runs here: what the cluster itself would do with the manifests
 //! is not checked (docs/kubeadm.md says so).
 
+use fjord_conformance::fake_apiserver::{node_json, FakeApiServer};
 use fjord_conformance::lab::{spawn_in_netns, stop_child, Lab, LabSpec, RoutedStatus, STOP_GRACE};
 use fjord_conformance::store::fjord_dir_allocations;
 use fjord_conformance::{
-    fjord_bin, fjord_bin_dir, poll_until, result_ipv4, Netns, PluginCall, Pod, TempDir,
+    fjord_bin, fjord_bin_dir, poll_until, result_ipv4, result_ipv6, Netns, PluginCall, Pod, TempDir,
 };
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -308,6 +310,13 @@ fn settings_come_from_the_configmap_and_the_downward_api() {
         }
     }
     assert_eq!(config_data(&docs, "store"), "kubernetes");
+    // The kubernetes store's credentials are the pod's service account.
+    assert_ne!(spec["automountServiceAccountToken"], false);
+    assert!(routed["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["name"] != "FJORD_KUBECONFIG"));
 }
 
 #[test]
@@ -339,9 +348,10 @@ fn host_paths_are_mounted_where_the_host_plugin_looks_for_them() {
             .collect()
     };
     // The plugin runs on the host and the daemon in the container: the socket, the MTU
-    // file and the store must have one path in both.
+    // file and the store's directory must have one path in both.
     let routed = mounts(container(spec, "containers", "fjord-routed"));
-    for dir in ["/run/fjord", "/var/lib/fjord", "/var/log/fjord"] {
+    let store_dir = kubernetes_store_dir(&config_data(&docs, "store"));
+    for dir in ["/run/fjord", store_dir.as_str(), "/var/log/fjord"] {
         assert!(
             routed
                 .iter()
@@ -362,6 +372,17 @@ fn host_paths_are_mounted_where_the_host_plugin_looks_for_them() {
                 .any(|(vol, m)| m == at && host_path(vol) == host),
             "{var}={at} is not the host's {host}: {install:?}"
         );
+    }
+}
+
+/// The directory of a `kubernetes[:DIR]` store: where fjord-routed writes the podCIDRs
+/// file and the plugin reads it (the default is ipam/src/config.rs's
+/// DEFAULT_KUBERNETES_DIR).
+fn kubernetes_store_dir(store: &str) -> String {
+    match store.strip_prefix("kubernetes") {
+        Some("") => "/var/lib/fjord/kubernetes".into(),
+        Some(dir) if dir.starts_with(':') => dir[1..].into(),
+        _ => panic!("the ConfigMap's store {store:?} is not kubernetes[:DIR]"),
     }
 }
 
@@ -403,18 +424,36 @@ fn rbac_grants_get_list_watch_on_nodes_and_nothing_else() {
 /// `fjord-routed install-cni`, as the init container fills the host's.
 struct InstalledNode {
     dir: TempDir,
+    /// The node's namespace, where the plugin runs (the host's, on a real node).
     node: Netns,
+    /// What the installer gets as FJORD_NODE_NAME: the namespace's name unless a test
+    /// says otherwise.
+    node_name: String,
     template: String,
+    /// What the installer gets as FJORD_STORE.
+    store: String,
 }
 
 impl InstalledNode {
+    /// With a `dir:` store in the test's directory.
     fn new(template: &str) -> InstalledNode {
+        InstalledNode::with_store(template, |dir| {
+            format!("dir:{}", dir.join("ipam").display())
+        })
+    }
+
+    /// With the store `store` makes of the test's directory.
+    fn with_store(template: &str, store: impl FnOnce(&Path) -> String) -> InstalledNode {
         let dir = TempDir::new("i");
         std::fs::write(dir.join("template.conflist"), template).unwrap();
+        let store = store(dir.path());
+        let node = Netns::new("n");
         InstalledNode {
             dir,
-            node: Netns::new("n"),
+            node_name: node.name().to_string(),
+            node,
             template: template.to_string(),
+            store,
         }
     }
 
@@ -427,14 +466,14 @@ impl InstalledNode {
     }
 
     fn store(&self) -> String {
-        format!("dir:{}", self.dir.join("ipam").display())
+        self.store.clone()
     }
 
     /// Runs the installer with the settings the DaemonSet gives it (env, not flags).
     fn install(&self) -> Output {
         run(Command::new(fjord_bin("fjord-routed"))
             .arg("install-cni")
-            .env("FJORD_NODE_NAME", self.node.name())
+            .env("FJORD_NODE_NAME", &self.node_name)
             .env("FJORD_STORE", self.store())
             .env("FJORD_CNI_SOURCE_BIN_DIR", fjord_bin_dir())
             .env("FJORD_CNI_BIN_DIR", self.bin_dir())
@@ -449,7 +488,7 @@ impl InstalledNode {
     /// The conflist exactly as the template says, with the two placeholders filled.
     fn expected_conflist(&self) -> String {
         self.template
-            .replace("__FJORD_NODE_NAME__", self.node.name())
+            .replace("__FJORD_NODE_NAME__", &self.node_name)
             .replace("__FJORD_STORE__", &self.store())
     }
 
@@ -486,8 +525,10 @@ impl InstalledNode {
 
 #[test]
 fn the_installer_writes_the_configmaps_conflist_byte_for_byte() {
-    let template = config_data(&manifest(), "cni_network_config");
-    let node = InstalledNode::new(&template);
+    // With the ConfigMap's own store, exactly as the init container gets it.
+    let docs = manifest();
+    let template = config_data(&docs, "cni_network_config");
+    let node = InstalledNode::with_store(&template, |_| config_data(&docs, "store"));
     let out = node.install();
     assert!(out.status.success(), "{}", text(&out));
     for name in ["fjord", "fjord-ipam"] {
@@ -502,6 +543,11 @@ fn the_installer_writes_the_configmaps_conflist_byte_for_byte() {
     }
     let conflist = std::fs::read_to_string(node.conf_dir().join("10-fjord.conflist")).unwrap();
     assert_eq!(conflist, node.expected_conflist());
+    // docs/kubernetes.md's plugin config: the kubernetes store, this node, no pools.
+    assert_eq!(
+        node.plugin_config()["ipam"],
+        json!({"type": "fjord-ipam", "nodeName": node.node_name, "store": "kubernetes"})
+    );
     for dir in [node.bin_dir(), node.conf_dir()] {
         let names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
@@ -525,70 +571,146 @@ fn the_installer_writes_the_configmaps_conflist_byte_for_byte() {
     );
 }
 
+/// The test Node's `spec.podCIDRs`, as a controller manager with
+/// `--cluster-cidr=10.244.0.0/16,fd00:244::/56` (kubeadm's --pod-network-cidr) assigns them.
+const NODE_POD_CIDRS: [&str; 2] = ["10.244.7.0/24", "fd00:244:0:7::/64"];
+
+/// A TCP listener bound inside `ns`: only the binding thread enters the namespace.
+fn listener_in(ns: &Netns, address: SocketAddr) -> TcpListener {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("setns into the node's namespace");
+        TcpListener::bind(address).expect("bind the stand-in API server in the node")
+    })
+    .join()
+    .expect("binding thread")
+}
+
 #[test]
-fn the_installed_fjord_attaches_and_detaches_a_pod_with_the_installed_conflist() {
-    let template = config_data(&manifest(), "cni_network_config");
-    let node = InstalledNode::new(&template);
+fn the_installed_fjord_takes_pod_addresses_from_the_pod_cidrs_fjord_routed_wrote() {
+    // The DaemonSet's chain on one node: install-cni with the ConfigMap's template and
+    // store, then fjord-routed (confined to the DaemonSet's capabilities, its settings in
+    // the env as the DaemonSet gives them) watches its Node on a stand-in API server and
+    // writes the podCIDRs file, then the installed fjord attaches a pod with the installed
+    // conflist. The store is the ConfigMap's `kubernetes` with its directory in the test's.
+    let docs = manifest();
+    let template = config_data(&docs, "cni_network_config");
+    let configmap_store = config_data(&docs, "store");
+    assert_eq!(configmap_store, "kubernetes");
+    let routed = container(pod_spec(&docs), "containers", "fjord-routed");
+    let caps = strings(&routed["securityContext"]["capabilities"]["add"]);
+    let node = InstalledNode::with_store(&template, |dir| {
+        format!("{configmap_store}:{}", dir.join("kubernetes").display())
+    });
+    let state = node.dir.join("kubernetes");
     let out = node.install();
     assert!(out.status.success(), "{}", text(&out));
-    let conf = node.plugin_config();
-    let pools: Vec<IpNetwork> = strings(&conf["ipam"]["pools"])
-        .iter()
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let installed = node.plugin_config();
+    assert_eq!(installed["ipam"]["store"], json!(node.store()));
+    assert!(
+        installed["ipam"].get("pools").is_none(),
+        "{installed}: the podCIDRs are the pools"
+    );
+
+    // The host: one lab node. The plugin runs in its namespace, as on a real node.
+    let lab = Lab::new(LabSpec::nodes(1));
+    let host = lab.node(0);
+    let name = node.node_name.clone();
+    let add = |pod: &Pod| node.call("ADD", pod).run_in(host.netns());
+
+    // Before fjord-routed has written the node's podCIDRs: "try again later".
+    let early = Pod::new();
+    add(&early).expect_error_mentioning(
+        11,
+        "fjord-routed has not written the node's podCIDRs yet: is it running?",
+    );
+    node.call("DEL", &early).run_in(host.netns()).expect_ok();
+
+    let server = FakeApiServer::on(listener_in(
+        host.netns(),
+        SocketAddr::new(IpAddr::V4(host.address_v4()), 0),
+    ));
+    let (v4, v6) = (host.address_v4().to_string(), host.address_v6().to_string());
+    server.apply(node_json(&name, &[&v4, &v6], &NODE_POD_CIDRS));
+    let kubeconfig = node.dir.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let env = [
+        ("FJORD_NODE_NAME", name.clone()),
+        ("FJORD_NODE_ADDRESS", host.node_address_arg()),
+        ("FJORD_STORE", node.store()),
+        ("FJORD_KUBECONFIG", kubeconfig.display().to_string()),
+        ("FJORD_SOCKET", lab.socket(0).display().to_string()),
+        ("FJORD_MTU_FILE", lab.mtu_file(0).display().to_string()),
+    ];
+    let mut daemon = ConfinedDaemon::start_with_env(&lab, 0, &caps, &env);
+    let pod_cidrs_file = state.join(format!("{name}.json"));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !pod_cidrs_file.exists() {
+        let exited = daemon.0.try_wait().ok().flatten();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "fjord-routed ({exited:?}) wrote no {}\n--- daemon log ---\n{}",
+            pod_cidrs_file.display(),
+            lab.routed_log_tail(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let pod = Pod::new();
-    let mut version = node.call("VERSION", &pod);
-    version.stdin = serde_json::to_vec(&json!({"cniVersion": conf["cniVersion"]})).unwrap();
-    let versions = version.run_in(&node.node).expect_ok();
-    assert!(strings(&versions["supportedVersions"]).contains(&"1.0.0".to_string()));
-
-    let result = node.call("ADD", &pod).run_in(&node.node).expect_ok();
-    let address = result_ipv4(&result);
-    assert!(
-        pools.iter().any(|p| p.contains(address.ip())),
-        "{address} not in {pools:?}"
-    );
-    assert!(
-        pod.netns
-            .global_addresses("eth0")
-            .iter()
-            .any(|a| a.ip() == address.ip()),
-        "the pod's eth0 lacks {address}"
-    );
-    let log = std::fs::read_to_string(node.dir.join("cni.log")).unwrap_or_default();
-    assert!(
-        log.contains(&pod.container_id),
-        "the plugin logged nothing for the pod: {log}"
-    );
-
-    // The allocation is in the store the installer wrote into the conflist, under this
-    // node's name: the placeholders reached fjord-ipam.
-    let held = fjord_dir_allocations(&node.dir.join("ipam"));
-    assert!(
-        held.iter().any(|a| a.address == address.ip()
-            && a.container_id == pod.container_id
-            && a.node.as_deref() == Some(node.node.name())),
-        "{address} of {} is not recorded for node {}: {held:?}",
-        pod.container_id,
-        node.node.name()
-    );
-
-    node.call("DEL", &pod).run_in(&node.node).expect_ok();
-    let held = fjord_dir_allocations(&node.dir.join("ipam"));
+    let result = add(&pod).expect_ok();
+    let pod_cidrs: Vec<IpNetwork> = NODE_POD_CIDRS.iter().map(|c| c.parse().unwrap()).collect();
+    let addresses = [result_ipv4(&result).ip(), result_ipv6(&result).ip()];
+    for (address, pod_cidr) in addresses.iter().zip(&pod_cidrs) {
+        assert!(
+            pod_cidr.contains(*address),
+            "{address} is not in the Node's podCIDR {pod_cidr}"
+        );
+        assert!(
+            pod.netns
+                .global_addresses("eth0")
+                .iter()
+                .any(|a| a.ip() == *address),
+            "the pod's eth0 lacks {address}"
+        );
+    }
+    // Recorded in the kubernetes store's local allocations, under this node's name.
+    let held = fjord_dir_allocations(&state.join("ipam"));
+    for address in addresses {
+        assert!(
+            held.iter().any(|a| a.address == address
+                && a.container_id == pod.container_id
+                && a.node.as_deref() == Some(name.as_str())),
+            "{address} of {} is not recorded for node {name}: {held:?}",
+            pod.container_id
+        );
+    }
+    node.call("DEL", &pod).run_in(host.netns()).expect_ok();
+    let held = fjord_dir_allocations(&state.join("ipam"));
     assert!(
         held.iter().all(|a| a.container_id != pod.container_id),
         "DEL left {held:?}"
     );
+    drop(daemon);
 }
 
 #[test]
 fn the_standalone_conflist_is_one_fjord_accepts() {
     // deploy/10-fjord.conflist is for nodes set up by hand; as the template has no
-    // placeholders, the installer copies it unchanged, and fjord must take it.
+    // placeholders, the installer copies it unchanged, and fjord must take it. It names
+    // its store and leaves the node name to the host name, so the installer (which
+    // refuses a conflist that disagrees with the daemon) gets those.
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     for path in deploy_files(".conflist") {
         let template = std::fs::read_to_string(&path).unwrap();
-        let node = InstalledNode::new(&template);
+        let list: Value = serde_json::from_str(&template).unwrap();
+        let own_store = list["plugins"][0]["ipam"]["store"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut node = InstalledNode::with_store(&template, |_| own_store);
+        node.node_name = host_name.trim().to_string();
         let out = node.install();
         assert!(out.status.success(), "{}: {}", path.display(), text(&out));
         let installed = std::fs::read_to_string(node.conf_dir().join("10-fjord.conflist")).unwrap();
@@ -597,7 +719,7 @@ fn the_standalone_conflist_is_one_fjord_accepts() {
         let mut call = node.call("ADD", &pod);
         let mut conf = node.plugin_config();
         // Its store is the host's /var/lib/fjord/ipam: the test's own directory instead.
-        conf["ipam"]["store"] = json!(node.store());
+        conf["ipam"]["store"] = json!(format!("dir:{}", node.dir.join("ipam").display()));
         conf["ipam"]["nodeName"] = json!(node.node.name());
         call.stdin = serde_json::to_vec(&conf).unwrap();
         let result = call.run_in(&node.node).expect_ok();
@@ -611,7 +733,12 @@ fn the_standalone_conflist_is_one_fjord_accepts() {
 #[test]
 fn the_installer_refuses_a_broken_template_and_installs_nothing() {
     let template = config_data(&manifest(), "cni_network_config");
-    let node = InstalledNode::new(&template.replace("10.244.0.0/16", "10.244.0.0/33"));
+    let broken = template.replace(
+        "\"store\": \"__FJORD_STORE__\"",
+        "\"store\": \"__FJORD_STORE__\", \"pools\": [\"10.244.0.0/33\"]",
+    );
+    assert_ne!(broken, template);
+    let node = InstalledNode::with_store(&broken, |_| "kubernetes".into());
     let out = node.install();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -644,6 +771,23 @@ impl ConfinedDaemon {
         cmd.arg(fjord_bin("fjord-routed"))
             .args(lab.routed_args(i))
             .args(["--hold-time", "9", "--graceful-restart-time", "9"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        ConfinedDaemon(spawn_in_netns(lab.node(i).netns(), &mut cmd))
+    }
+
+    /// `fjord-routed run` with its settings in the environment, as the DaemonSet gives
+    /// them, and no flags.
+    fn start_with_env(lab: &Lab, i: usize, caps: &[String], env: &[(&str, String)]) -> Self {
+        let log_path = lab.routed_log(i);
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = confined(caps);
+        cmd.arg(fjord_bin("fjord-routed"))
+            .arg("run")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

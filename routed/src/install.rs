@@ -10,7 +10,7 @@
 //! runtime the network is ready, so it must not appear before the plugins it names.
 
 use crate::error::RoutedError;
-use fjord_ipam::IpamConfig;
+use fjord_ipam::{IpamConfig, StoreSpec};
 use serde_json::Value;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -63,7 +63,8 @@ pub struct InstallReport {
 
 /// Fills the placeholders of a conflist template and checks that the result is a conflist
 /// Fjord can run: JSON, `cniVersion`, `name`, a `plugins` list whose entries have a `type`,
-/// a `fjord` entry, and an IPAM section `fjord-ipam` accepts.
+/// a `fjord` entry, and an IPAM section `fjord-ipam` accepts whose node and store are the
+/// daemon's (`node_name`, `store`).
 pub fn render_conflist(
     template: &str,
     node_name: &str,
@@ -90,7 +91,7 @@ pub fn render_conflist(
             "unknown placeholder at {rest:?}; the known ones are {NODE_NAME_PLACEHOLDER} and {STORE_PLACEHOLDER}"
         )));
     }
-    check_conflist(&rendered)?;
+    check_conflist(&rendered, node_name, store)?;
     Ok(rendered)
 }
 
@@ -98,7 +99,7 @@ fn conflist_error(reason: String) -> RoutedError {
     RoutedError::Conflist { reason }
 }
 
-fn check_conflist(text: &str) -> Result<(), RoutedError> {
+fn check_conflist(text: &str, node_name: &str, store: &str) -> Result<(), RoutedError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| conflist_error(format!("not JSON after filling placeholders: {e}")))?;
     for key in ["cniVersion", "name"] {
@@ -134,8 +135,43 @@ fn check_conflist(text: &str) -> Result<(), RoutedError> {
         .and_then(Value::as_object)
         .ok_or_else(|| conflist_error("the fjord plugin has no \"ipam\" object".into()))?;
     if ipam.get("type").and_then(Value::as_str) == Some("fjord-ipam") {
-        IpamConfig::from_json(ipam)
+        let config = IpamConfig::from_json(ipam)
             .map_err(|e| conflist_error(format!("the fjord plugin's ipam: {e}")))?;
+        let plugin_store = ipam
+            .get("store")
+            .and_then(Value::as_str)
+            .unwrap_or("(default)");
+        check_agrees_with_daemon(&config, plugin_store, node_name, store)?;
+    }
+    Ok(())
+}
+
+/// The plugin must allocate as the node the daemon runs for, from the store the daemon
+/// fills: with the `kubernetes` store a different directory or node name means the
+/// plugin waits forever for a podCIDRs file nobody writes (code 11 on every ADD).
+/// A template that spells them out instead of using the placeholders must still agree.
+fn check_agrees_with_daemon(
+    config: &IpamConfig,
+    plugin_store: &str,
+    node_name: &str,
+    store: &str,
+) -> Result<(), RoutedError> {
+    let daemon_store: StoreSpec = store
+        .parse()
+        .map_err(|e| conflist_error(format!("the daemon's store {store:?} (FJORD_STORE): {e}")))?;
+    if config.store != daemon_store {
+        return Err(conflist_error(format!(
+            "the fjord plugin's ipam store {plugin_store:?} is not the daemon's store {store:?} \
+             (FJORD_STORE): the plugin would not see the blocks the daemon keeps; \
+             use \"store\": \"{STORE_PLACEHOLDER}\""
+        )));
+    }
+    if config.node_name != node_name {
+        return Err(conflist_error(format!(
+            "the fjord plugin's ipam node {:?} is not this node {node_name:?} \
+             (FJORD_NODE_NAME); use \"nodeName\": \"{NODE_NAME_PLACEHOLDER}\"",
+            config.node_name
+        )));
     }
     Ok(())
 }

@@ -248,3 +248,73 @@ fn the_conflist_name_must_be_one_a_runtime_reads() {
         );
     }
 }
+
+/// The ConfigMap's template for the kubernetes store: no pools, the node's podCIDRs are.
+const KUBERNETES_TEMPLATE: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "fjord",
+  "plugins": [{
+    "type": "fjord",
+    "ipam": {"type": "fjord-ipam", "nodeName": "__FJORD_NODE_NAME__", "store": "__FJORD_STORE__"}
+  }]
+}"#;
+
+#[test]
+fn the_kubernetes_store_renders_without_pools() {
+    for store in ["kubernetes", "kubernetes:/srv/fjord/k8s"] {
+        let out = render_conflist(KUBERNETES_TEMPLATE, "node-1", store).unwrap();
+        let conf: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(conf["plugins"][0]["ipam"]["store"], store);
+        assert_eq!(conf["plugins"][0]["ipam"]["nodeName"], "node-1");
+    }
+    // A pool the podCIDRs must lie in is still allowed, and still checked.
+    let bounded = KUBERNETES_TEMPLATE.replace(
+        "\"__FJORD_STORE__\"",
+        "\"__FJORD_STORE__\", \"pools\": [\"10.244.0.0/33\"]",
+    );
+    let err = render_conflist(&bounded, "node-1", "kubernetes").unwrap_err();
+    assert!(err.to_string().contains("10.244.0.0/33"), "{err}");
+}
+
+#[test]
+fn a_spelled_out_store_or_node_must_be_the_daemons() {
+    let literal_store = KUBERNETES_TEMPLATE.replace("__FJORD_STORE__", "kubernetes");
+    // The same store in another spelling is the same store.
+    render_conflist(
+        &literal_store,
+        "node-1",
+        "kubernetes:/var/lib/fjord/kubernetes",
+    )
+    .unwrap();
+    let cases = [
+        (
+            literal_store.clone(),
+            "kubernetes:/srv/k8s",
+            "is not the daemon's store",
+        ),
+        (
+            KUBERNETES_TEMPLATE.replace(
+                "__FJORD_STORE__",
+                "dir:/var/lib/fjord/ipam\", \"pools\": [\"10.244.0.0/16\"], \"x\": \"",
+            ),
+            "kubernetes",
+            "is not the daemon's store",
+        ),
+        (
+            KUBERNETES_TEMPLATE.replace("__FJORD_NODE_NAME__", "node-2"),
+            "kubernetes",
+            "is not this node \"node-1\"",
+        ),
+        (
+            literal_store.clone(),
+            "nfs:/x",
+            "the daemon's store \"nfs:/x\" (FJORD_STORE)",
+        ),
+    ];
+    for (template, store, needle) in cases {
+        let err = render_conflist(&template, "node-1", store)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    }
+}
