@@ -435,13 +435,6 @@ struct InstalledNode {
 }
 
 impl InstalledNode {
-    /// With a `dir:` store in the test's directory.
-    fn new(template: &str) -> InstalledNode {
-        InstalledNode::with_store(template, |dir| {
-            format!("dir:{}", dir.join("ipam").display())
-        })
-    }
-
     /// With the store `store` makes of the test's directory.
     fn with_store(template: &str, store: impl FnOnce(&Path) -> String) -> InstalledNode {
         let dir = TempDir::new("i");
