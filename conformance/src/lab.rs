@@ -17,7 +17,7 @@
 //! node `i` sits on subnet `i % subnets`, hosts on subnet 0; a router namespace has
 //! `.254` / `::254` on every subnet, forwards, and holds nothing but the connected
 //! underlay routes (no pod routes, no default route). Nodes on a multi-subnet underlay
-//! get `10.250.0.0/16` and `fd00:250::/48` via their subnet's router, and nothing more.
+//! and hosts get `10.250.0.0/16` and `fd00:250::/48` via their subnet's router, and nothing more.
 //!
 //! Two lives, one topology: a test's lab ([`Lab::new`]) names everything `fjt<pid>…`,
 //! keeps its files in a temp dir and removes it all when the guards drop; a persistent lab
@@ -295,14 +295,7 @@ impl Lab {
             let host = (i + 1) as u16;
             let machine = lab.machine(format!("node{}", i + 1), "n", subnet, host);
             if spec.subnets > 1 {
-                let gw4 = underlay_v4(subnet, 254).to_string();
-                let gw6 = underlay_v6(subnet, 254).to_string();
-                machine
-                    .netns
-                    .ip(&["route", "add", "10.250.0.0/16", "via", &gw4]);
-                machine
-                    .netns
-                    .ip(&["-6", "route", "add", "fd00:250::/48", "via", &gw6]);
+                route_underlay_via_router(&machine);
             }
             lab.record_node(&machine);
             progress(&machine.name);
@@ -310,6 +303,11 @@ impl Lab {
         }
         for k in 0..spec.hosts {
             let machine = lab.machine(format!("host{}", k + 1), "h", 0, 101 + k as u16);
+            // A host serves every node (etcd, an API server, a BGP peer): it needs the
+            // way back to nodes on the other subnets as much as they need the way to it.
+            if spec.subnets > 1 {
+                route_underlay_via_router(&machine);
+            }
             progress(&machine.name);
             lab.hosts.push(machine);
         }
@@ -898,6 +896,18 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     // `PID (COMM) STATE …`: fields after COMM start at 3; COMM may hold spaces.
     let after = stat.rsplit_once(')')?.1;
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The whole lab underlay (every subnet) via the router on `machine`'s own subnet.
+fn route_underlay_via_router(machine: &Machine) {
+    let gw4 = underlay_v4(machine.subnet, 254).to_string();
+    let gw6 = underlay_v6(machine.subnet, 254).to_string();
+    machine
+        .netns
+        .ip(&["route", "add", "10.250.0.0/16", "via", &gw4]);
+    machine
+        .netns
+        .ip(&["-6", "route", "add", "fd00:250::/48", "via", &gw6]);
 }
 
 /// `u0`, `u1`, …: the bridge of each subnet, inside the underlay namespace.

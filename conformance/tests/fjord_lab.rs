@@ -336,3 +336,34 @@ fn the_probe_reports_the_pairs_of_a_cut_off_pod_as_failed() {
         }
     }
 }
+
+/// The lab's options together: nodes on two subnets (cross-subnet pairs through VXLAN) on
+/// an etcd store that lives on a host of subnet 0, so nodes of subnet 1 reach it only
+/// through the router (and the host must route its answers back the same way).
+#[test]
+fn two_subnets_cross_subnet_on_etcd_reach_every_pod() {
+    let lab = TestLab::new();
+    let out = lab.run(&[
+        "up",
+        "--nodes",
+        "4",
+        "--subnets",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--encapsulation",
+        "cross-subnet",
+        "--store",
+        "etcd",
+    ]);
+    let up = text(&out);
+    assert!(out.status.success(), "fjord-lab up failed:\n{up}");
+    assert!(up.contains("12 of 12 pod pairs reach each other"), "{up}");
+    let state = lab.state().expect("a state file after up");
+    // Four daemons and the etcd member.
+    assert_eq!(state.processes.len(), 5, "{state:?}");
+    let pids: Vec<u32> = state.processes.iter().map(|p| p.pid).collect();
+    let out = lab.run(&["down"]);
+    assert!(out.status.success(), "{}", text(&out));
+    lab.assert_gone(&pids);
+}
