@@ -13,8 +13,6 @@ use nix::unistd::Pid;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -138,7 +136,7 @@ impl EtcdCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file"))
             .stderr(log);
-        let child = spawn_in(&m.netns, &mut cmd);
+        let child = crate::lab::spawn_in_netns_path(&m.netns, &mut cmd);
         self.members[k].child = Some(child);
     }
 
@@ -255,22 +253,4 @@ pub fn in_netns<T: Send>(netns: &Path, work: impl FnOnce() -> T + Send) -> T {
             .join()
             .expect("the thread in the namespace panicked")
     })
-}
-
-fn spawn_in(netns: &Path, cmd: &mut Command) -> Child {
-    let file = File::open(netns).unwrap_or_else(|e| panic!("open netns {}: {e}", netns.display()));
-    let fd = file.as_raw_fd();
-    // SAFETY: setns is one async-signal-safe system call; the fd stays open in the
-    // parent until spawn returns, and the child inherited it across fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sched::setns(BorrowedFd::borrow_raw(fd), CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn etcd in {}: {e}", netns.display()));
-    drop(file);
-    child
 }

@@ -962,8 +962,13 @@ pub fn tail(path: &Path, max: usize) -> String {
 /// Spawns `cmd` with its network namespace switched to `ns` between fork and exec (as
 /// [`PluginCall::command_in`] does; not `ip netns exec`, which also remounts `/sys`).
 pub fn spawn_in_netns(ns: &Netns, cmd: &mut Command) -> Child {
+    spawn_in_netns_path(&ns.path(), cmd)
+}
+
+/// As [`spawn_in_netns`], for a namespace known by its path (`/run/netns/NAME`).
+pub fn spawn_in_netns_path(netns: &Path, cmd: &mut Command) -> Child {
     let ns_file =
-        File::open(ns.path()).unwrap_or_else(|e| panic!("open netns {}: {e}", ns.path().display()));
+        File::open(netns).unwrap_or_else(|e| panic!("open netns {}: {e}", netns.display()));
     let fd = ns_file.as_raw_fd();
     // SAFETY: setns is one async-signal-safe system call; the fd stays open in the
     // parent until spawn returns, and the child inherited it across fork.
@@ -975,7 +980,7 @@ pub fn spawn_in_netns(ns: &Netns, cmd: &mut Command) -> Child {
     }
     let child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {:?} in {}: {e}", cmd.get_program(), ns.name()));
+        .unwrap_or_else(|e| panic!("spawn {:?} in {}: {e}", cmd.get_program(), netns.display()));
     drop(ns_file);
     child
 }
