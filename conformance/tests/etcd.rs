@@ -285,12 +285,15 @@ fn wait_pod_routes(lab: &Lab, pods: &[LabPod]) {
     }
 }
 
+/// Every pod pings every pod on the other nodes, IPv4 and IPv6. A pair gets three
+/// tries: the first echo after a route appears can be lost to neighbour resolution on a
+/// loaded machine; a pair that is not routed fails all three.
 fn assert_pods_reach_each_other(pods: &[LabPod]) {
     let mut failures = Vec::new();
     for a in pods {
         for b in pods.iter().filter(|b| b.node != a.node) {
             for v6 in [false, true] {
-                if !a.ping_once(b.address(v6)) {
+                if !(0..3).any(|_| a.ping_once(b.address(v6))) {
                     failures.push(format!("{} -> {}", a.address(v6), b.address(v6)));
                 }
             }
