@@ -746,6 +746,14 @@ impl Lab {
 
     /// Runs the `fjord` plugin `command` for `pod` on node `i`.
     pub fn plugin_call(&self, i: usize, command: &str, pod: &Pod) -> CallOutcome {
+        self.plugin_command(command, pod, &self.cni_config(i))
+            .run_in(self.node(i).netns())
+    }
+
+    /// The `fjord` plugin `command` for `pod` with network config `config`, as the
+    /// lab's nodes run it (CNI_PATH: the fjord binaries, then the reference plugins);
+    /// not run yet, so a caller can add CNI_ARGS, then `run_in` a node.
+    pub fn plugin_command(&self, command: &str, pod: &Pod, config: &Value) -> PluginCall {
         fjord_bin("fjord-ipam");
         PluginCall::new(
             fjord_bin("fjord"),
@@ -754,9 +762,8 @@ impl Lab {
             &pod.netns_path(),
             &pod.ifname,
             &format!("{}:{}", fjord_bin_dir().display(), REFERENCE_PLUGIN_DIR),
-            &self.cni_config(i),
+            config,
         )
-        .run_in(self.node(i).netns())
     }
 
     /// A new pod on node `i`, attached by the real `fjord` plugin (ADD, CNI 1.0.0).

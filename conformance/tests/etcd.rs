@@ -14,13 +14,10 @@
 //!   reachability, keeps its routes while etcd is down, and after etcd returns routes a
 //!   block claimed then.
 
-use fjord_conformance::bins::REFERENCE_PLUGIN_DIR;
 use fjord_conformance::etcd::EtcdCluster;
 use fjord_conformance::lab::{Lab, LabPod, LabSpec, LAB_POOL_V4, LAB_POOL_V6};
 use fjord_conformance::plugin::{result_ipv4, result_ipv6};
-use fjord_conformance::{
-    fjord_bin, fjord_bin_dir, host_veth_name, unique_container_id, PluginCall, Pod,
-};
+use fjord_conformance::{fjord_bin, host_veth_name, unique_container_id, PluginCall, Pod};
 use fjord_ipam::etcd::EtcdStore;
 use fjord_ipam::store::Store;
 use serde_json::{json, Value};
@@ -314,18 +311,11 @@ const NEW_BLOCK_ADDRESS: &str = "10.244.200.5";
 /// claimed by this ADD.
 fn add_pod_with_ipv4(lab: &Lab, i: usize, ipv4: &str) -> LabPod {
     let pod = Pod::new();
-    let result = PluginCall::new(
-        fjord_bin("fjord"),
-        "ADD",
-        &pod.container_id,
-        &pod.netns_path(),
-        &pod.ifname,
-        &format!("{}:{REFERENCE_PLUGIN_DIR}", fjord_bin_dir().display()),
-        &lab.cni_config(i),
-    )
-    .with_cni_args(&format!("IP={ipv4}"))
-    .run_in(lab.node(i).netns())
-    .expect_ok();
+    let result = lab
+        .plugin_command("ADD", &pod, &lab.cni_config(i))
+        .with_cni_args(&format!("IP={ipv4}"))
+        .run_in(lab.node(i).netns())
+        .expect_ok();
     let pod = LabPod {
         pod,
         node: i,

@@ -52,6 +52,15 @@ impl TestLab {
         LabState::load(&self.dir.join(STATE_FILE)).ok()
     }
 
+    /// The processes the state file records; it is written before anything is started
+    /// and outlives a killed `up`.
+    fn pids(&self) -> Vec<u32> {
+        let state = self
+            .state()
+            .expect("a state file once up has started a daemon");
+        state.processes.iter().map(|p| p.pid).collect()
+    }
+
     fn namespaces(&self) -> Vec<String> {
         std::fs::read_dir(NETNS_DIR)
             .into_iter()
@@ -235,13 +244,7 @@ fn up_interrupted_by_sigint_cleans_up_and_by_sigkill_down_does() {
     // SIGINT (Ctrl-C): up removes everything itself and exits 130.
     let lab = TestLab::new();
     let mut child = start_up_and_wait_for_a_daemon(&lab);
-    let pids: Vec<u32> = lab
-        .state()
-        .unwrap()
-        .processes
-        .iter()
-        .map(|p| p.pid)
-        .collect();
+    let pids = lab.pids();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let mut stderr = String::new();
@@ -261,8 +264,7 @@ fn up_interrupted_by_sigint_cleans_up_and_by_sigkill_down_does() {
     let mut child = start_up_and_wait_for_a_daemon(&lab);
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     wait_exit(&mut child, Duration::from_secs(10));
-    let state = lab.state().expect("the state file outlives a killed up");
-    let pids: Vec<u32> = state.processes.iter().map(|p| p.pid).collect();
+    let pids = lab.pids();
     assert!(
         !lab.namespaces().is_empty(),
         "a killed up left nothing to test down with"
@@ -280,13 +282,7 @@ fn up_interrupted_by_sigint_cleans_up_and_by_sigkill_down_does() {
     // `down` while `up` is still building: up is stopped first, nothing is left.
     let lab = TestLab::new();
     let mut child = start_up_and_wait_for_a_daemon(&lab);
-    let pids: Vec<u32> = lab
-        .state()
-        .unwrap()
-        .processes
-        .iter()
-        .map(|p| p.pid)
-        .collect();
+    let pids = lab.pids();
     let out = lab.run(&["down"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -307,14 +303,7 @@ fn the_probe_reports_the_pairs_of_a_cut_off_pod_as_failed() {
         lab.wait_established(i, &lab.mesh_peers_of(i), Duration::from_secs(30));
     }
     let pods = [lab.add_pod(0), lab.add_pod(0), lab.add_pod(1)];
-    let probe_pods: Vec<ProbePod> = pods
-        .iter()
-        .map(|p| ProbePod {
-            netns_path: p.netns().path(),
-            v4: p.ipv4,
-            v6: p.ipv6,
-        })
-        .collect();
+    let probe_pods: Vec<ProbePod> = pods.iter().map(ProbePod::from).collect();
     // Wait for the routes to node 1's pod (so only the cut below can fail).
     let deadline = Instant::now() + Duration::from_secs(20);
     while !pods[0].ping_once(pods[2].ipv4) {

@@ -10,10 +10,7 @@
 
 use fjord_conformance::fake_apiserver::{node_json, FakeApiServer};
 use fjord_conformance::lab::{spawn_in_netns, stop_child, Lab, LabPod, LabSpec, STOP_GRACE};
-use fjord_conformance::{
-    fjord_bin, fjord_bin_dir, poll_until, result_ipv4, result_ipv6, CallOutcome, Netns, PluginCall,
-    Pod,
-};
+use fjord_conformance::{fjord_bin, poll_until, result_ipv4, result_ipv6, CallOutcome, Netns, Pod};
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 use std::fs::{File, OpenOptions};
@@ -96,17 +93,8 @@ fn cni_config(lab: &Lab, i: usize, state: &Path) -> Value {
 }
 
 fn plugin(lab: &Lab, i: usize, state: &Path, command: &str, pod: &Pod) -> CallOutcome {
-    fjord_bin("fjord-ipam");
-    PluginCall::new(
-        fjord_bin("fjord"),
-        command,
-        &pod.container_id,
-        &pod.netns_path(),
-        &pod.ifname,
-        &format!("{}:/usr/lib/cni", fjord_bin_dir().display()),
-        &cni_config(lab, i, state),
-    )
-    .run_in(lab.node(i).netns())
+    lab.plugin_command(command, pod, &cni_config(lab, i, state))
+        .run_in(lab.node(i).netns())
 }
 
 fn add_pod(lab: &Lab, i: usize, state: &Path) -> LabPod {

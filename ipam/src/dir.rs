@@ -141,7 +141,7 @@ impl DirStore {
 
 /// Replaces `dir/name` by write-to-temp, fsync, rename: readers see the old record or
 /// the new one. The caller syncs the directory once for a batch.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IpamError> {
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IpamError> {
     let serial = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let temp = dir.join(format!(
         "{TEMP_PREFIX}{}-{serial}-{name}",
@@ -156,7 +156,7 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IpamErro
     written
 }
 
-fn sync_dir(dir: &Path) -> Result<(), IpamError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), IpamError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(IpamError::io(dir, "sync the directory"))

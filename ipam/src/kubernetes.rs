@@ -11,15 +11,14 @@
 use crate::allocator::{Claim, Snapshot};
 use crate::block::Block;
 use crate::config::IpamConfig;
-use crate::dir::DirStore;
+use crate::dir::{self, DirStore};
 use crate::error::IpamError;
 use crate::pool;
 use crate::store::{Decide, Store};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 /// Where, under DIR, the allocations inside the podCIDRs are kept.
@@ -101,37 +100,20 @@ pub fn parse_pod_cidr(text: &str) -> Result<IpNetwork, String> {
 
 /// `DIR/<node>.json`.
 pub fn pod_cidrs_path(dir: &Path, node: &str) -> PathBuf {
-    dir.join(format!("{node}.json"))
+    dir.join(pod_cidrs_file_name(node))
+}
+
+fn pod_cidrs_file_name(node: &str) -> String {
+    format!("{node}.json")
 }
 
 /// Writes `DIR/<node>.json` by write-to-temp, fsync, rename, fsync of the directory: the
 /// plugin reads the old record or the new one, never a torn one.
 pub fn write_pod_cidrs(dir: &Path, record: &PodCidrs) -> Result<(), IpamError> {
     fs::create_dir_all(dir).map_err(IpamError::io(dir, "create the podCIDRs directory"))?;
-    let path = pod_cidrs_path(dir, &record.node);
-    let temp = dir.join(format!(".tmp-{}-{}.json", std::process::id(), record.node));
-    let written = write_synced(&temp, &record.to_json())
-        .and_then(|()| fs::rename(&temp, &path).map_err(IpamError::io(&temp, "rename into place")));
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    written?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(IpamError::io(dir, "sync the directory"))
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), IpamError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(path)
-        .map_err(IpamError::io(path, "create a file"))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_data())
-        .map_err(IpamError::io(path, "write"))
+    let name = pod_cidrs_file_name(&record.node);
+    dir::write_atomically(dir, &name, &record.to_json())?;
+    dir::sync_dir(dir)
 }
 
 /// The node's record, or `None` when fjord-routed has not written it yet.

@@ -39,6 +39,16 @@ pub struct ProbePod {
     pub v6: IpAddr,
 }
 
+impl From<&crate::lab::LabPod> for ProbePod {
+    fn from(pod: &crate::lab::LabPod) -> Self {
+        ProbePod {
+            netns_path: pod.netns().path(),
+            v4: pod.ipv4,
+            v6: pod.ipv6,
+        }
+    }
+}
+
 impl ProbePod {
     fn address(&self, v6: bool) -> IpAddr {
         if v6 {

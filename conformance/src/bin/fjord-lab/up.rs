@@ -370,14 +370,7 @@ fn wait_routes(lab: &Lab, pods: &[LabPod]) {
 
 /// Probes every pod pair and prints the node x node matrix; whether all pairs passed.
 fn probe_and_print(lab: &Lab, pods: &[LabPod], parallel: usize) -> Result<bool> {
-    let probe_pods: Vec<ProbePod> = pods
-        .iter()
-        .map(|p| ProbePod {
-            netns_path: p.netns().path(),
-            v4: p.ipv4,
-            v6: p.ipv6,
-        })
-        .collect();
+    let probe_pods: Vec<ProbePod> = pods.iter().map(ProbePod::from).collect();
     // Probe workers mostly wait for answers: more of them than plugin calls at a time.
     let workers = (parallel * 4).min(32);
     let results = probe_all(&probe_pods, workers, &|done, total| {
