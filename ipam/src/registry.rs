@@ -43,7 +43,7 @@ pub trait Registry: Send + Sync {
 pub fn open(spec: &StoreSpec) -> Result<Box<dyn Registry>, IpamError> {
     match spec {
         StoreSpec::Dir(path) => Ok(Box::new(crate::dir::DirStore::open(path)?)),
-        StoreSpec::Etcd(endpoints) => Ok(Box::new(crate::etcd::EtcdRegistry::open(endpoints)?)),
+        StoreSpec::Etcd(etcd) => Ok(Box::new(crate::etcd::EtcdRegistry::open(etcd)?)),
         // Nodes and podCIDRs come from the API server; only fjord-routed watches it.
         StoreSpec::Kubernetes(_) => Err(IpamError::Config(
             "the kubernetes store's node registry is fjord-routed's watcher of Node objects; it cannot be opened from the IPAM".into(),

@@ -6,6 +6,7 @@
 
 use super::{listing_txn, parse_listing, send, EtcdStore, Listing, REQUEST_TIMEOUT};
 use crate::allocator::Claim;
+use crate::config::EtcdSpec;
 use crate::error::IpamError;
 use crate::registry::{NodeRecord, Registry};
 use std::sync::{Arc, Mutex};
@@ -31,8 +32,8 @@ pub struct EtcdRegistry {
 impl EtcdRegistry {
     /// Opens the store, reads the registry once (so the first poll has an answer) and
     /// starts the background refresh.
-    pub fn open(endpoints: &[String]) -> Result<EtcdRegistry, IpamError> {
-        let store = EtcdStore::open(endpoints)?;
+    pub fn open(spec: &EtcdSpec) -> Result<EtcdRegistry, IpamError> {
+        let store = EtcdStore::open(spec)?;
         let view: Shared = Arc::default();
         let registry = EtcdRegistry { view, store };
         registry.refresh_now();
