@@ -1054,8 +1054,8 @@ fn the_daemon_does_its_work_with_only_the_capabilities_the_daemonset_gives_it() 
 
 #[test]
 fn the_image_holds_what_the_manifest_runs() {
-    // No container engine builds here; what can be checked is that the Containerfile
-    // makes the layout the DaemonSet expects, the way deploy/build-static.sh proves static.
+    // The text of the Containerfile against the DaemonSet; tests/image.rs builds it and
+    // checks the image itself.
     let containerfile = std::fs::read_to_string(deploy_dir().join("Containerfile")).unwrap();
     let script = std::fs::read_to_string(deploy_dir().join("build-static.sh")).unwrap();
     for needle in [

@@ -1,5 +1,5 @@
 //! The node registry: which nodes exist, at which addresses and AS. `fjord-routed`
-//! registers its node and peers with every other registered node (DESIGN.md, "The route
+//! registers its node and peers with every other registered node (ARCHITECTURE.md, "The route
 //! daemon"); it reads block claims from the same store to announce its node's blocks.
 
 use crate::allocator::Claim;

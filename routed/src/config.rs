@@ -1,5 +1,5 @@
 //! The daemon's settings: flags, each with a `FJORD_*` environment variable for
-//! DaemonSet use (DESIGN.md, "The route daemon").
+//! DaemonSet use (docs/routed.md).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fjord_ipam::config::{EtcdTlsFiles, TlsSettingNames};

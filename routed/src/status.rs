@@ -93,7 +93,7 @@ pub async fn query(path: &Path) -> io::Result<StatusReport> {
     })
 }
 
-/// The peer table of DESIGN.md.
+/// The peer table of docs/routed.md ("Status").
 pub fn render_table(report: &StatusReport) -> String {
     let headers = [
         "PEER ADDRESS",
