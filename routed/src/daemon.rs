@@ -621,7 +621,7 @@ fn spawn_status_server(settings: &Settings, status: Arc<Mutex<StatusReport>>) {
 }
 
 /// Pods get the underlay's MTU, less the VXLAN headers when any route may be
-/// encapsulated (DESIGN.md, "The pod datapath"). Returns the underlay's index and MTU.
+/// encapsulated (ARCHITECTURE.md, "The pod datapath"). Returns the underlay's index and MTU.
 async fn record_pod_mtu(settings: &Settings) -> Result<Option<(u32, u32)>, RoutedError> {
     let address = IpAddr::V4(settings.router_id);
     let underlay_error = |source| RoutedError::Underlay { address, source };
