@@ -12,7 +12,10 @@
 pub mod compile;
 pub mod error;
 pub mod model;
+pub mod nat;
+pub mod nft;
 pub mod ranges;
+pub mod ruleset;
 pub mod selector;
 pub mod translate;
 
