@@ -106,7 +106,7 @@ impl ImportPolicy {
 }
 
 /// Whether `prefix` is `block` or inside it.
-fn covers(block: IpNetwork, prefix: IpNetwork) -> bool {
+pub(super) fn covers(block: IpNetwork, prefix: IpNetwork) -> bool {
     block.is_ipv4() == prefix.is_ipv4()
         && block.prefix() <= prefix.prefix()
         && block.contains(prefix.network())

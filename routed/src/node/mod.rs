@@ -28,9 +28,11 @@
 //! Where the next capabilities go (each a new input or effect variant, a field of
 //! [`NodeCore`], and a module here; the shell only learns to carry the effect out):
 //! - NetworkPolicy (issue 13): Pods, Namespaces and NetworkPolicies arrive as new
-//!   [`ClusterEvent`] variants from watches built on [`crate::kubernetes::watch`]; a
-//!   `policy` module translates them (pure) and the core emits `Effect::Policy(..)`
-//!   carrying the nftables changes, whose result returns as a [`KernelResult`] variant.
+//!   [`ClusterEvent`] variants from watches built on [`crate::kubernetes::watch`]; the
+//!   core keeps the policy state, calls the pure translation of `routed/src/policy/`
+//!   and emits `Effect::Policy(..)` carrying the nftables changes, which the shell
+//!   applies through that module's nftables side; the result returns as a
+//!   [`KernelResult`] variant.
 //! - Services and EndpointSlices (issue 14): new [`ClusterEvent`] variants; the extra
 //!   prefixes join what `peers::exports_for` gives external peers only. The peers file
 //!   becomes an input (`Input::PeersFile`) replacing [`NodeConfig::peers`]; its import

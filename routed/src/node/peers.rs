@@ -2,10 +2,12 @@
 //! what their events mean for the RIB (import, graceful restart, End-of-RIB).
 
 use super::device::list;
+use super::import::covers;
 use super::mesh::{DesiredPeer, PeerKind};
 use super::{Effect, NodeCore, Timer};
+use crate::bgp::wire::DEFAULT_LOCAL_PREF;
 use crate::bgp::{self, PeerCommand, PeerEvent, Route, SessionState};
-use crate::rib::{Family, Path, PeerKey, DEFAULT_LOCAL_PREF};
+use crate::rib::{Family, Path, PeerKey};
 use crate::status::{self, PeerStatus};
 use ipnetwork::IpNetwork;
 use std::collections::BTreeMap;
@@ -65,6 +67,29 @@ impl NodeCore {
         let local = self.blocks.iter().copied().collect();
         let changes = self.rib.local_prefixes(local);
         self.pending.extend(changes);
+        self.withdraw_inside(&added);
+    }
+
+    /// Routes learned inside a block before this node claimed it: from now on they
+    /// would take part of its pods (the RIB itself hides only the exact block), so every
+    /// peer's path to them is withdrawn, as [`super::import`] rejects them from now on.
+    fn withdraw_inside(&mut self, added: &[IpNetwork]) {
+        let inside: Vec<IpNetwork> = self
+            .rib
+            .installed()
+            .map(|(prefix, _)| prefix)
+            .filter(|p| added.iter().any(|b| b != p && covers(*b, *p)))
+            .collect();
+        if inside.is_empty() {
+            return;
+        }
+        warn!(node = %self.config.node_name, prefixes = %list(&inside),
+            "routes learned inside a block this node now owns: withdrawn");
+        let keys: Vec<PeerKey> = self.peers.values().filter_map(PeerEntry::key).collect();
+        for key in keys {
+            let changes = self.rib.update(key, &[], &inside);
+            self.pending.extend(changes);
+        }
     }
 
     pub(super) fn start_peer(&mut self, desired: DesiredPeer) {
