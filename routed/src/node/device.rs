@@ -34,10 +34,14 @@ impl NodeCore {
                     info!(%node, index, mtu = spec.mtu, underlay = spec.underlay, local = %spec.local,
                         mac = %format_mac(&spec.mac), "created fjord.vxlan");
                 }
+                self.device_failing = false;
                 self.set_device(Some(index));
             }
             Err(e) => {
-                warn!(%node, error = %e, "cannot set up fjord.vxlan; VXLAN routes wait");
+                // Tried again every check: one line per failure, not one a second.
+                if !std::mem::replace(&mut self.device_failing, true) {
+                    warn!(%node, error = %e, "cannot set up fjord.vxlan; VXLAN routes wait");
+                }
                 self.set_device(None);
             }
         }

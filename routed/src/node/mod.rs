@@ -242,6 +242,8 @@ pub struct NodeCore {
     /// Per-peer encapsulation: the mode, connected subnets, node addresses, device.
     encap: Encap,
     device_spec: Option<DeviceSpec>,
+    /// The last attempt to set the device up failed (logged once until it works).
+    device_failing: bool,
     /// The other registered nodes' IPv4 addresses: whether `fjord.vxlan` is needed.
     other_nodes: Vec<IpAddr>,
     vxlan: VxlanRoutes,
@@ -270,6 +272,7 @@ impl NodeCore {
             restart_window: facts.inherited_routes > 0,
             encap,
             device_spec: facts.device_spec,
+            device_failing: false,
             other_nodes: Vec::new(),
             vxlan: VxlanRoutes::default(),
             pending: PendingChanges::default(),

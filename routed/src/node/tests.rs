@@ -632,3 +632,48 @@ fn kernel_apply_times_are_counted_per_kind() {
     assert_eq!(core.counters().apply_failures(KernelWork::Routes), 1);
     assert!(core.counters().apply_seconds(KernelWork::Vteps).is_none());
 }
+
+#[test]
+fn a_device_that_cannot_be_set_up_is_tried_again_at_every_check() {
+    let (mut core, _) = NodeCore::start(config(Encapsulation::Always), facts(0));
+    let effects = core.handle(nodes(&[("n1", N1), ("n2", N2)], &[]));
+    assert_eq!(effects[0], Effect::EnsureDevice(spec()));
+    let failed = || {
+        kernel(KernelResult::DeviceEnsured(Err(KernelError::Vxlan {
+            action: "create the device".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        })))
+    };
+    assert_eq!(
+        core.handle(failed()),
+        vec![],
+        "no device, nothing to re-choose"
+    );
+    core.handle(established(N2));
+    // VXLAN routes wait for the device.
+    let effects = core.handle(announce(N2, vec![route(N2_BLOCK, N2, &[])]));
+    assert_eq!(ops(&effects), vec![remove(N2_BLOCK)]);
+    let effects = core.handle(Input::Timer(Timer::DeviceCheck));
+    assert_eq!(effects[0], Effect::EnsureDevice(spec()));
+    assert_eq!(core.handle(failed()), vec![]);
+    // It works: every route is chosen again, through the device.
+    core.handle(Input::Timer(Timer::DeviceCheck));
+    let effects = core.handle(kernel(KernelResult::DeviceEnsured(Ok((DEVICE, true)))));
+    assert_eq!(
+        effects,
+        vec![Effect::ReadConnected {
+            device: Some(DEVICE)
+        }]
+    );
+    let effects = core.handle(kernel(KernelResult::Connected(Ok(connected()))));
+    let Effect::Reconcile { desired } = &effects[1] else {
+        panic!("no reconcile: {effects:?}");
+    };
+    assert!(matches!(
+        desired[&net(N2_BLOCK)],
+        NextHop::OnLink {
+            ifindex: DEVICE,
+            ..
+        }
+    ));
+}
