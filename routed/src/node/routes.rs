@@ -230,14 +230,7 @@ fn skipped(node: &str, prefix: IpNetwork, datapath: Datapath) {
 mod tests {
     use super::*;
     use crate::config::Encapsulation;
-
-    fn net(s: &str) -> IpNetwork {
-        s.parse().unwrap()
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
+    use crate::node::tests::{ip, net};
 
     #[test]
     fn rib_changes_become_native_routes() {
