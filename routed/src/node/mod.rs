@@ -29,9 +29,9 @@
 //! [`NodeCore`], and a module here; the shell only learns to carry the effect out):
 //! - NetworkPolicy (issue 13): Pods, Namespaces and NetworkPolicies arrive as new
 //!   [`ClusterEvent`] variants from watches built on [`crate::kubernetes::watch`]; the
-//!   core keeps the policy state, calls the pure translation of `routed/src/policy/`
-//!   and emits `Effect::Policy(..)` carrying the nftables changes, which the shell
-//!   applies through that module's nftables side; the result returns as a
+//!   core keeps the pods and policies, calls the pure half of the `fjord-policy` crate
+//!   (`translate`, `ruleset`) and emits `Effect::Policy(..)` carrying the table diff,
+//!   which the shell applies through its `nft` half; the result returns as a
 //!   [`KernelResult`] variant.
 //! - Services and EndpointSlices (issue 14): new [`ClusterEvent`] variants; the extra
 //!   prefixes join what `peers::exports_for` gives external peers only. The peers file
