@@ -2,6 +2,7 @@
 //! peers) that announces the node's IPAM blocks and programs the routes it learns into
 //! the kernel.
 
+pub mod bfd;
 pub mod bgp;
 pub mod config;
 pub mod daemon;
