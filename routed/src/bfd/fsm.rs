@@ -855,6 +855,119 @@ mod tests {
         assert!(seen.0 < Duration::from_millis(230) && seen.1 > Duration::from_millis(295));
     }
 
+    /// Two sessions wired to each other through a simulated clock and a 1 ms link:
+    /// `run` advances time, delivering packets and firing timers in order.
+    struct Pair {
+        sessions: [Session; 2],
+        now: Duration,
+        timers: [[Option<Duration>; 2]; 2],
+        in_flight: Vec<(Duration, usize, ControlPacket)>,
+        sent: [usize; 2],
+        cut: bool,
+    }
+
+    impl Pair {
+        fn new() -> Pair {
+            let make = |d, seed| {
+                Session::new(SessionConfig {
+                    local_discriminator: d,
+                    timers: Timers::default(),
+                    jitter_seed: seed,
+                })
+            };
+            let mut pair = Pair {
+                sessions: [make(LOCAL, 1), make(REMOTE, 2)],
+                now: Duration::ZERO,
+                timers: [[None; 2]; 2],
+                in_flight: Vec::new(),
+                sent: [0; 2],
+                cut: false,
+            };
+            for side in 0..2 {
+                let a = pair.sessions[side].start();
+                pair.apply(side, a);
+            }
+            pair
+        }
+
+        fn apply(&mut self, side: usize, actions: Vec<Action>) {
+            for a in actions {
+                match a {
+                    Action::Send(p) => {
+                        self.sent[side] += 1;
+                        if !self.cut {
+                            let at = self.now + Duration::from_millis(1);
+                            self.in_flight.push((at, 1 - side, p));
+                        }
+                    }
+                    Action::ArmTimer(t, d) => self.timers[side][t as usize] = Some(self.now + d),
+                    Action::StopTimer(t) => self.timers[side][t as usize] = None,
+                    Action::StateChanged(_) => {}
+                }
+            }
+        }
+
+        fn run(&mut self, until: Duration) {
+            loop {
+                let packet = self.in_flight.iter().map(|(at, _, _)| *at).min();
+                let timer = self.timers.iter().flatten().flatten().min().copied();
+                let Some(next) = packet.into_iter().chain(timer).min() else {
+                    return;
+                };
+                if next > until {
+                    self.now = until;
+                    return;
+                }
+                self.now = next;
+                if let Some(i) = self.in_flight.iter().position(|(at, _, _)| *at == next) {
+                    let (_, side, p) = self.in_flight.remove(i);
+                    let a = self.sessions[side].handle(Event::Received(p));
+                    self.apply(side, a);
+                    continue;
+                }
+                for side in 0..2 {
+                    for (i, timer) in [Timer::Transmit, Timer::Detection].into_iter().enumerate() {
+                        if self.timers[side][i] == Some(next) {
+                            self.timers[side][i] = None;
+                            let a = self.sessions[side].handle(Event::TimerExpired(timer));
+                            self.apply(side, a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_sessions_come_up_settle_at_the_negotiated_rate_and_detect_a_cut() {
+        let mut pair = Pair::new();
+        pair.run(Duration::from_secs(5));
+        for s in &pair.sessions {
+            let snap = s.snapshot();
+            assert_eq!(snap.state, State::Up);
+            assert!(!snap.poll_in_progress);
+            assert_eq!(snap.transmit_interval, Some(Duration::from_millis(300)));
+            assert_eq!(snap.detection_time, Some(Duration::from_millis(900)));
+        }
+        // 20 s Up: one packet per 225-300 ms each, nothing more (6.8.7).
+        let before = pair.sent;
+        pair.run(Duration::from_secs(25));
+        for side in 0..2 {
+            let n = pair.sent[side] - before[side];
+            assert!(
+                (66..=89).contains(&n),
+                "side {side} sent {n} packets in 20 s"
+            );
+        }
+        pair.cut = true;
+        let cut_at = pair.now;
+        // The last packet before the cut came at most one interval (300 ms) earlier.
+        pair.run(cut_at + Duration::from_millis(590));
+        assert!(pair.sessions.iter().all(|s| s.state() == State::Up));
+        pair.run(cut_at + Duration::from_millis(901));
+        assert!(pair.sessions.iter().all(|s| s.state() == State::Down));
+    }
+
     #[test]
     fn timers_validate_the_wire_range() {
         assert!(Timers::default().validate().is_ok());

@@ -1,0 +1,316 @@
+//! BFD interop (issue 15): Fjord's BFD (`fjord_routed::bfd`, in-process in its own
+//! namespace, the API the daemon will use) against FRR's bfdd and BIRD 2's BFD, one
+//! veth hop apart, on IPv4 and IPv6 at 300 ms x 3. Both sides reach Up; a cut of the
+//! path (BFD dropped on arrival by an nftables table in one namespace of the test's own)
+//! is detected within the detection time, by Fjord (its timer, diagnostic 1) and by the
+//! peer (Fjord then hears its Down, diagnostic 3); restored, both come back Up. Each
+//! trial's figure is printed (`cargo test --test bfd -- --nocapture`).
+//!
+//! Also: RFC 5881 5's TTL 255 rule on receipt, BFD configured on one side only, and the
+//! failure-or-restart rule fed by live sessions (a stopped Fjord says AdminDown; a cut
+//! is a failure). Root, with Debian's frr and bird2
+//! (`conformance/scripts/install-routing-deps.sh`).
+
+use fjord_conformance::bfd_detection::{fjord_detects, peer_detects, wait_all_up, Trial};
+use fjord_conformance::bfd_link::{ms, BfdLink, FjordBfd, InputDrop, A_V4, A_V6, B_V4, B_V6};
+use fjord_conformance::bfd_peers::{BfdNeighbor, BfdPeer, BirdBfd, FrrBfdd};
+use fjord_conformance::Netns;
+use fjord_routed::bfd::{
+    route_fate, BfdChange, BgpPhase, ControlPacket, Diagnostic, RouteFate, Signal, State, Timers,
+};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+/// 300 ms x 3 is 900 ms after the last packet; what a loaded shared machine adds on
+/// top stays well under the issue's one second.
+const DETECTION_BOUND: Duration = Duration::from_millis(1_000);
+/// The peer's figure is polled through its CLI, which adds up to one poll.
+const POLLED_DETECTION_BOUND: Duration = Duration::from_millis(1_100);
+/// The last packet before a cut was at most one transmit interval earlier (300 ms, less
+/// jitter): a detection much faster than 600 ms means something else took it down.
+const DETECTION_FLOOR: Duration = Duration::from_millis(500);
+const UP_WITHIN: Duration = Duration::from_secs(20);
+const TRIALS: usize = 10;
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the BFD tests make network namespaces: run them as root"
+    );
+}
+
+fn fjord_addrs() -> [IpAddr; 2] {
+    [A_V4.into(), A_V6.into()]
+}
+
+fn peer_addrs() -> [IpAddr; 2] {
+    [B_V4.into(), B_V6.into()]
+}
+
+/// The peer's view: Fjord is its neighbor on both families.
+fn neighbors() -> Vec<BfdNeighbor> {
+    fjord_addrs()
+        .into_iter()
+        .zip(peer_addrs())
+        .map(|(address, local)| BfdNeighbor { address, local })
+        .collect()
+}
+
+fn start_fjord(link: &BfdLink) -> FjordBfd {
+    let fjord = FjordBfd::start(&link.a);
+    for (peer, local) in peer_addrs().into_iter().zip(fjord_addrs()) {
+        fjord.add(peer, local, Timers::default());
+    }
+    fjord
+}
+
+fn report(who: &str, trials: &[Trial], bound: Duration) {
+    for (i, t) in trials.iter().enumerate() {
+        let each: Vec<String> = t
+            .detected
+            .iter()
+            .zip(["IPv4", "IPv6"])
+            .map(|(d, f)| format!("{f} {:.0} ms", ms(*d)))
+            .collect();
+        println!(
+            "{who}, trial {:2}: detected {}; back Up {:.0} ms after the restore",
+            i + 1,
+            each.join(", "),
+            ms(t.back_up)
+        );
+    }
+    for t in trials {
+        for d in &t.detected {
+            assert!(
+                *d <= bound && *d >= DETECTION_FLOOR,
+                "{who}: a detection took {d:?}, outside {DETECTION_FLOOR:?}..{bound:?}"
+            );
+        }
+    }
+}
+
+/// Up on both families, negotiated timers as configured, then `TRIALS` cuts seen by
+/// Fjord and `TRIALS` seen by the peer.
+fn interop(link: &BfdLink, fjord: &FjordBfd, peer: &dyn BfdPeer, trials: usize) {
+    wait_all_up(fjord, &peer_addrs(), peer, &fjord_addrs(), UP_WITHIN);
+    for p in peer_addrs() {
+        let s = fjord.status_of(p).expect("session exists");
+        assert_eq!(s.state, State::Up);
+        assert_ne!(s.remote_discriminator, 0);
+        assert_eq!(s.transmit_interval_ms, Some(300), "{s:?}");
+        assert_eq!(s.detection_time_ms, Some(900), "{s:?}");
+        assert_eq!(s.send_error, None);
+    }
+    let kind = peer.kind();
+    let fjord_seen: Vec<Trial> = (0..trials)
+        .map(|_| fjord_detects(link, fjord, &peer_addrs(), peer, &fjord_addrs()))
+        .collect();
+    report(
+        &format!("fjord detects {kind}"),
+        &fjord_seen,
+        DETECTION_BOUND,
+    );
+    let peer_seen: Vec<Trial> = (0..trials)
+        .map(|_| peer_detects(link, fjord, &peer_addrs(), peer, &fjord_addrs()))
+        .collect();
+    report(
+        &format!("{kind} detects fjord"),
+        &peer_seen,
+        POLLED_DETECTION_BOUND,
+    );
+}
+
+#[test]
+fn fjord_and_frr_bfdd_come_up_and_detect_cuts_within_the_detection_time() {
+    require_root();
+    let link = BfdLink::new();
+    let frr = FrrBfdd::start(&link.b, &neighbors(), Timers::default());
+    let fjord = start_fjord(&link);
+    interop(&link, &fjord, &frr, TRIALS);
+    // FRR saw Fjord's timers: 300 ms both ways, multiplier 3.
+    let seen = frr.peer(A_V4.into()).expect("frr peer");
+    assert_eq!(seen["remote-detect-multiplier"], 3, "{seen}");
+    assert_eq!(seen["remote-transmit-interval"], 300, "{seen}");
+    assert_eq!(seen["remote-receive-interval"], 300, "{seen}");
+}
+
+#[test]
+fn fjord_and_bird_bfd_come_up_and_detect_cuts_within_the_detection_time() {
+    require_root();
+    let link = BfdLink::new();
+    let bird = BirdBfd::start(&link.b, B_V4.into(), &neighbors(), Timers::default());
+    let fjord = start_fjord(&link);
+    interop(&link, &fjord, &bird, 3);
+}
+
+#[test]
+fn frr_stopping_sends_admin_down_which_is_no_failure() {
+    require_root();
+    let link = BfdLink::new();
+    let frr = FrrBfdd::start(&link.b, &neighbors(), Timers::default());
+    let fjord = start_fjord(&link);
+    wait_all_up(&fjord, &peer_addrs(), &frr, &fjord_addrs(), UP_WITHIN);
+    fjord.drain();
+    drop(frr); // SIGTERM: bfdd sends AdminDown as it goes.
+    let downs = fjord.wait_for_each(&peer_addrs(), Duration::from_secs(3), |c| {
+        matches!(c, BfdChange::Down(_))
+    });
+    for d in downs {
+        let BfdChange::Down(down) = d.change else {
+            unreachable!()
+        };
+        assert_eq!(down.remote_state, State::AdminDown, "{down:?}");
+        assert_eq!(
+            route_fate(BgpPhase::Established, Signal::BfdDown(down)),
+            RouteFate::Unchanged
+        );
+    }
+}
+
+#[test]
+fn a_stopping_fjord_says_admin_down_and_a_cut_is_a_failure() {
+    require_root();
+    let link = BfdLink::new();
+    let a = FjordBfd::start(&link.a);
+    let b = FjordBfd::start(&link.b);
+    for (peer, local) in peer_addrs().into_iter().zip(fjord_addrs()) {
+        a.add(peer, local, Timers::default());
+        b.add(local, peer, Timers::default());
+    }
+    wait_all_up(&a, &peer_addrs(), &b, &fjord_addrs(), UP_WITHIN);
+    // A cut is seen by A's timer: a path failure, so the peer's routes go at once.
+    let trial = fjord_detects(&link, &a, &peer_addrs(), &b, &fjord_addrs());
+    report("fjord detects fjord", &[trial], DETECTION_BOUND);
+    let timeout = route_fate(
+        BgpPhase::Established,
+        Signal::BfdDown(fjord_routed::bfd::BfdDown {
+            diagnostic: Diagnostic::ControlDetectionTimeExpired,
+            remote_state: State::Up,
+        }),
+    );
+    assert_eq!(timeout, RouteFate::WithdrawNow);
+    // B stops (the daemon's shutdown path): A hears AdminDown, which changes nothing.
+    a.drain();
+    drop(b);
+    let downs = a.wait_for_each(&peer_addrs(), Duration::from_secs(2), |c| {
+        matches!(c, BfdChange::Down(_))
+    });
+    for d in downs {
+        let BfdChange::Down(down) = d.change else {
+            unreachable!()
+        };
+        assert_eq!(
+            (down.diagnostic, down.remote_state),
+            (Diagnostic::NeighborSignaledSessionDown, State::AdminDown)
+        );
+        assert!(
+            d.at.elapsed() < Duration::from_secs(2),
+            "AdminDown arrives at once, not after a detection time"
+        );
+        assert_eq!(
+            route_fate(BgpPhase::Established, Signal::BfdDown(down)),
+            RouteFate::Unchanged
+        );
+    }
+}
+
+/// Sends `packet` from `from` (inside `ns`) to Fjord's port 3784 with `ttl`.
+fn send_from(ns: &Netns, from: IpAddr, to: IpAddr, ttl: u32, packets: Vec<ControlPacket>) {
+    let path = ns.path();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let file = std::fs::File::open(&path).expect("open netns");
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("enter netns");
+                let socket = UdpSocket::bind(SocketAddr::new(from, 49_200)).expect("bind");
+                socket.set_ttl(ttl).expect("set ttl");
+                for p in packets {
+                    socket
+                        .send_to(&p.encode(), SocketAddr::new(to, 3784))
+                        .expect("send");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .join()
+            .expect("sender thread");
+    });
+}
+
+#[test]
+fn only_packets_with_ttl_255_are_accepted() {
+    require_root();
+    let link = BfdLink::new();
+    let fjord = FjordBfd::start(&link.a);
+    fjord.add(B_V4.into(), A_V4.into(), Timers::default());
+    let ours = fjord
+        .status_of(B_V4.into())
+        .expect("session")
+        .local_discriminator;
+    let init = ControlPacket {
+        diagnostic: Diagnostic::None,
+        state: State::Init,
+        poll: false,
+        final_: false,
+        control_plane_independent: false,
+        demand: false,
+        multipoint: false,
+        detect_mult: 3,
+        my_discriminator: 7,
+        your_discriminator: ours,
+        desired_min_tx_us: 300_000,
+        required_min_rx_us: 300_000,
+        required_min_echo_rx_us: 0,
+        authentication: None,
+    };
+    // One hop away but sent with TTL 254: a forged or routed packet (RFC 5881 5).
+    send_from(
+        &link.b,
+        B_V4.into(),
+        A_V4.into(),
+        254,
+        vec![init.clone(); 5],
+    );
+    assert!(fjord.next_change(Duration::from_millis(300)).is_none());
+    let s = fjord.status_of(B_V4.into()).expect("session");
+    assert_eq!((s.state, s.remote_discriminator), (State::Down, 0));
+    // The same packet at TTL 255 is the peer's Init: Down goes Up.
+    send_from(&link.b, B_V4.into(), A_V4.into(), 255, vec![init]);
+    let up = fjord.wait_for(B_V4.into(), Duration::from_secs(2), |c| {
+        matches!(c, BfdChange::Up)
+    });
+    assert_eq!(up.peer, IpAddr::from(B_V4));
+    assert_eq!(
+        fjord.status_of(B_V4.into()).unwrap().remote_discriminator,
+        7
+    );
+}
+
+#[test]
+fn bfd_on_one_side_only_never_reports_up_or_down() {
+    require_root();
+    let link = BfdLink::new();
+    let fjord = start_fjord(&link);
+    let started = Instant::now();
+    assert!(
+        fjord.next_change(Duration::from_secs(3)).is_none(),
+        "a session whose peer runs no BFD must not report a change"
+    );
+    for p in peer_addrs() {
+        let s = fjord.status_of(p).expect("session");
+        assert_eq!((s.state, s.remote_discriminator), (State::Down, 0), "{s:?}");
+        assert_eq!(s.detection_time_ms, None, "never heard from the peer");
+        assert_eq!(
+            s.transmit_interval_ms,
+            Some(1_000),
+            "the slow rate while Down"
+        );
+        assert_eq!(s.send_error, None, "our packets still leave");
+    }
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    // And the path cut then restored on such a session changes nothing either.
+    let cut = InputDrop::bfd(&link.a);
+    assert!(fjord.next_change(Duration::from_millis(500)).is_none());
+    cut.restore();
+}
