@@ -8,6 +8,10 @@
 //!   `--hold-time S` (default 30, the daemon's default); per trial, the cut of node2's
 //!   packets at node1 to node1's session leaving Established, polled from `status`.
 //!
+//! - Cost (`--sessions N`, default 200): N sessions in one service to peers that do not
+//!   answer (Down, one packet a second each): the process's resident memory before and
+//!   after, and the service thread's CPU time and wakeups (context switches) over 10 s.
+//!
 //! Prints every trial, the medians, and BFD's median as a fraction of the hold time's.
 //! Build first: `cargo build --release --workspace --bins`; run as root.
 
@@ -28,6 +32,7 @@ struct Args {
     peer: String,
     hold_time: u16,
     hold_trials: usize,
+    sessions: usize,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args> {
@@ -36,6 +41,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args> {
         peer: "fjord".into(),
         hold_time: 30,
         hold_trials: 3,
+        sessions: 200,
     };
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -48,6 +54,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args> {
             "--hold-trials" => {
                 parsed.hold_trials = value("--hold-trials")?.parse().context("--hold-trials")?
             }
+            "--sessions" => parsed.sessions = value("--sessions")?.parse().context("--sessions")?,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -77,6 +84,78 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
         hold_time_trials(args.hold_time, args.hold_trials)
     };
     summary(&args, &bfd, &hold);
+    if args.sessions > 0 {
+        cost(args.sessions)?;
+    }
+    Ok(())
+}
+
+/// A field of `/proc/self/status` (or a task's), in its unit (kB for memory).
+fn proc_status(path: &str, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("{field} in {path}"))
+}
+
+/// utime + stime of a thread, in clock ticks.
+fn thread_cpu_ticks(tid: i32) -> Result<u64> {
+    let path = format!("/proc/self/task/{tid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+fn cost(sessions: usize) -> Result<()> {
+    let link = BfdLink::new();
+    link.a
+        .ip(&["route", "add", "10.77.1.0/24", "dev", &link.a_ifname]);
+    let fjord = FjordBfd::start(&link.a);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_before = proc_status("/proc/self/status", "VmRSS:")?;
+    for i in 0..sessions {
+        let peer = IpAddr::from([10, 77, 1, (i + 1) as u8]);
+        fjord.add(peer, A_V4.into(), Timers::default());
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_after = proc_status("/proc/self/status", "VmRSS:")?;
+    let tid = fjord.thread_id();
+    let task = format!("/proc/self/task/{tid}/status");
+    let switches = |t: &str| -> Result<u64> {
+        Ok(proc_status(t, "voluntary_ctxt_switches:")?
+            + proc_status(t, "nonvoluntary_ctxt_switches:")?)
+    };
+    let (cpu0, sw0, t0) = (thread_cpu_ticks(tid)?, switches(&task)?, Instant::now());
+    std::thread::sleep(Duration::from_secs(10));
+    let (cpu1, sw1, elapsed) = (thread_cpu_ticks(tid)?, switches(&task)?, t0.elapsed());
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (cpu1 - cpu0) as f64 / ticks_per_second;
+    let secs = elapsed.as_secs_f64();
+    let grown_kib = rss_after.saturating_sub(rss_before);
+    println!("cost of {sessions} Down sessions (1 packet/s each, to peers that do not answer):");
+    println!(
+        "  resident memory {rss_before} KiB -> {rss_after} KiB: +{grown_kib} KiB, {:.0} bytes a session",
+        grown_kib as f64 * 1024.0 / sessions as f64
+    );
+    println!(
+        "  service thread: {:.1} wakeups/s for {sessions} packets/s, CPU {:.2} % of one core",
+        (sw1 - sw0) as f64 / secs,
+        cpu / secs * 100.0
+    );
     Ok(())
 }
 

@@ -174,6 +174,8 @@ pub struct FjordBfd {
     requests: Option<mpsc::UnboundedSender<Request>>,
     changes: std_mpsc::Receiver<SeenChange>,
     thread: Option<JoinHandle<()>>,
+    /// The kernel's id of the service thread, for its CPU time and wakeups in /proc.
+    tid: i32,
 }
 
 impl FjordBfd {
@@ -183,15 +185,16 @@ impl FjordBfd {
         let (changes_tx, changes) = std_mpsc::channel();
         let (ready_tx, ready) = std_mpsc::channel();
         let thread = std::thread::spawn(move || serve(path, queue, changes_tx, ready_tx));
-        match ready.recv() {
-            Ok(Ok(())) => {}
+        let tid = match ready.recv() {
+            Ok(Ok(tid)) => tid,
             Ok(Err(e)) => panic!("Fjord's BFD did not start in {}: {e}", ns.name()),
             Err(_) => panic!("Fjord's BFD thread died at start in {}", ns.name()),
-        }
+        };
         FjordBfd {
             requests: Some(requests),
             changes,
             thread: Some(thread),
+            tid,
         }
     }
 
@@ -272,6 +275,11 @@ impl FjordBfd {
         seen.into_iter().flatten().collect()
     }
 
+    /// The service thread's kernel id (`/proc/self/task/TID`).
+    pub fn thread_id(&self) -> i32 {
+        self.tid
+    }
+
     /// Throws away changes seen so far.
     pub fn drain(&self) {
         while self.changes.try_recv().is_ok() {}
@@ -294,7 +302,7 @@ fn serve(
     netns: PathBuf,
     mut queue: mpsc::UnboundedReceiver<Request>,
     changes: std_mpsc::Sender<SeenChange>,
-    ready: std_mpsc::Sender<Result<(), String>>,
+    ready: std_mpsc::Sender<Result<i32, String>>,
 ) {
     let entered = File::open(&netns)
         .map_err(|e| format!("open {}: {e}", netns.display()))
@@ -324,7 +332,7 @@ fn serve(
                 return;
             }
         };
-        let _ = ready.send(Ok(()));
+        let _ = ready.send(Ok(nix::unistd::gettid().as_raw()));
         while let Some(request) = queue.recv().await {
             match request {
                 Request::Add(spec, reply) => {

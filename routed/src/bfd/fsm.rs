@@ -952,8 +952,8 @@ mod tests {
         // 20 s Up: one packet per 225-300 ms each, nothing more (6.8.7).
         let before = pair.sent;
         pair.run(Duration::from_secs(25));
-        for side in 0..2 {
-            let n = pair.sent[side] - before[side];
+        for (side, (after, before)) in pair.sent.iter().zip(before).enumerate() {
+            let n = after - before;
             assert!(
                 (66..=89).contains(&n),
                 "side {side} sent {n} packets in 20 s"

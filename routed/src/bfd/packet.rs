@@ -423,7 +423,8 @@ mod tests {
     #[test]
     fn every_flag_has_its_own_bit() {
         let (bytes, base) = up_fixture();
-        let cases: [(u8, fn(&mut ControlPacket)); 5] = [
+        type SetFlag = fn(&mut ControlPacket);
+        let cases: [(u8, SetFlag); 5] = [
             (0x20, |p| p.poll = true),
             (0x10, |p| p.final_ = true),
             (0x08, |p| p.control_plane_independent = true),

@@ -588,3 +588,67 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(state: State, ups: u64, downs: u64) -> WatchedState {
+        WatchedState {
+            state,
+            ups,
+            downs,
+            last_down: (downs > 0).then_some(BfdDown {
+                diagnostic: Diagnostic::ControlDetectionTimeExpired,
+                remote_state: State::Up,
+            }),
+        }
+    }
+
+    fn now<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(50), f)
+                .await
+                .ok()
+        })
+    }
+
+    #[test]
+    fn a_watch_reports_up_then_down_with_the_diagnostic() {
+        let (tx, rx) = watch::channel(state(State::Down, 0, 0));
+        let mut w = BfdWatch::new(rx);
+        assert_eq!(now(w.next()), None, "nothing to report while Down");
+        tx.send_replace(state(State::Up, 1, 0));
+        assert_eq!(now(w.next()), Some(Some(BfdChange::Up)));
+        tx.send_replace(state(State::Down, 1, 1));
+        let Some(Some(BfdChange::Down(down))) = now(w.next()) else {
+            panic!("no Down");
+        };
+        assert_eq!(down.diagnostic, Diagnostic::ControlDetectionTimeExpired);
+    }
+
+    #[test]
+    fn a_flap_between_two_looks_is_still_a_down_then_an_up() {
+        let (tx, rx) = watch::channel(state(State::Up, 1, 0));
+        let mut w = BfdWatch::new(rx);
+        assert_eq!(now(w.next()), Some(Some(BfdChange::Up)));
+        // Down and back Up before the watcher looks again.
+        tx.send_replace(state(State::Down, 1, 1));
+        tx.send_replace(state(State::Up, 2, 1));
+        assert!(matches!(now(w.next()), Some(Some(BfdChange::Down(_)))));
+        assert_eq!(now(w.next()), Some(Some(BfdChange::Up)));
+        assert_eq!(now(w.next()), None);
+    }
+
+    #[test]
+    fn a_removed_session_ends_the_watch() {
+        let (tx, rx) = watch::channel(state(State::Down, 0, 0));
+        let mut w = BfdWatch::new(rx);
+        drop(tx);
+        assert_eq!(now(w.next()), Some(None));
+    }
+}
