@@ -18,6 +18,7 @@ use fjord_conformance::Netns;
 use fjord_routed::bfd::{
     route_fate, BfdChange, BgpPhase, ControlPacket, Diagnostic, RouteFate, Signal, State, Timers,
 };
+use nix::sys::socket::{setsockopt, sockopt};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -215,8 +216,9 @@ fn a_stopping_fjord_says_admin_down_and_a_cut_is_a_failure() {
     }
 }
 
-/// Sends `packet` from `from` (inside `ns`) to Fjord's port 3784 with `ttl`.
-fn send_from(ns: &Netns, from: IpAddr, to: IpAddr, ttl: u32, packets: Vec<ControlPacket>) {
+/// Sends `packets` from `from` (inside `ns`) to port 3784 of `to`, 100 ms apart, with
+/// this TTL (IPv4) or hop limit (IPv6).
+fn send_from(ns: &Netns, from: IpAddr, to: IpAddr, ttl: i32, packets: Vec<ControlPacket>) {
     let path = ns.path();
     std::thread::scope(|scope| {
         scope
@@ -225,7 +227,12 @@ fn send_from(ns: &Netns, from: IpAddr, to: IpAddr, ttl: u32, packets: Vec<Contro
                 nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                     .expect("enter netns");
                 let socket = UdpSocket::bind(SocketAddr::new(from, 49_200)).expect("bind");
-                socket.set_ttl(ttl).expect("set ttl");
+                let set = if from.is_ipv4() {
+                    setsockopt(&socket, sockopt::Ipv4Ttl, &ttl)
+                } else {
+                    setsockopt(&socket, sockopt::Ipv6Ttl, &ttl)
+                };
+                set.expect("set the TTL / hop limit");
                 for p in packets {
                     socket
                         .send_to(&p.encode(), SocketAddr::new(to, 3784))
@@ -239,52 +246,49 @@ fn send_from(ns: &Netns, from: IpAddr, to: IpAddr, ttl: u32, packets: Vec<Contro
 }
 
 #[test]
-fn only_packets_with_ttl_255_are_accepted() {
+fn only_packets_with_ttl_255_are_accepted_on_both_families() {
     require_root();
     let link = BfdLink::new();
     let fjord = FjordBfd::start(&link.a);
-    fjord.add(B_V4.into(), A_V4.into(), Timers::default());
-    let ours = fjord
-        .status_of(B_V4.into())
-        .expect("session")
-        .local_discriminator;
-    let init = ControlPacket {
-        diagnostic: Diagnostic::None,
-        state: State::Init,
-        poll: false,
-        final_: false,
-        control_plane_independent: false,
-        demand: false,
-        multipoint: false,
-        detect_mult: 3,
-        my_discriminator: 7,
-        your_discriminator: ours,
-        desired_min_tx_us: 300_000,
-        required_min_rx_us: 300_000,
-        required_min_echo_rx_us: 0,
-        authentication: None,
-    };
-    // One hop away but sent with TTL 254: a forged or routed packet (RFC 5881 5).
-    send_from(
-        &link.b,
-        B_V4.into(),
-        A_V4.into(),
-        254,
-        vec![init.clone(); 5],
-    );
-    assert!(fjord.next_change(Duration::from_millis(300)).is_none());
-    let s = fjord.status_of(B_V4.into()).expect("session");
-    assert_eq!((s.state, s.remote_discriminator), (State::Down, 0));
-    // The same packet at TTL 255 is the peer's Init: Down goes Up.
-    send_from(&link.b, B_V4.into(), A_V4.into(), 255, vec![init]);
-    let up = fjord.wait_for(B_V4.into(), Duration::from_secs(2), |c| {
-        matches!(c, BfdChange::Up)
-    });
-    assert_eq!(up.peer, IpAddr::from(B_V4));
-    assert_eq!(
-        fjord.status_of(B_V4.into()).unwrap().remote_discriminator,
-        7
-    );
+    for (peer, local) in peer_addrs().into_iter().zip(fjord_addrs()) {
+        fjord.add(peer, local, Timers::default());
+        let ours = fjord.status_of(peer).expect("session").local_discriminator;
+        let init = ControlPacket {
+            diagnostic: Diagnostic::None,
+            state: State::Init,
+            poll: false,
+            final_: false,
+            control_plane_independent: false,
+            demand: false,
+            multipoint: false,
+            detect_mult: 3,
+            my_discriminator: 7,
+            your_discriminator: ours,
+            desired_min_tx_us: 300_000,
+            required_min_rx_us: 300_000,
+            required_min_echo_rx_us: 0,
+            authentication: None,
+        };
+        // One hop away but sent with 254: a forged or routed packet (RFC 5881 5).
+        send_from(&link.b, peer, local, 254, vec![init.clone(); 5]);
+        // (The other family's session, brought Up by hand a moment ago, times out
+        // meanwhile: only this peer's changes count.)
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while let Some(c) = fjord.next_change(deadline.saturating_duration_since(Instant::now())) {
+            assert_ne!(c.peer, peer, "a packet at 254 moved the session: {c:?}");
+        }
+        let s = fjord.status_of(peer).expect("session");
+        assert_eq!(
+            (s.state, s.remote_discriminator),
+            (State::Down, 0),
+            "{peer}"
+        );
+        // The same packet at 255 is the peer's Init: Down goes Up.
+        send_from(&link.b, peer, local, 255, vec![init]);
+        let up = fjord.wait_for(peer, Duration::from_secs(2), |c| matches!(c, BfdChange::Up));
+        assert_eq!(up.peer, peer);
+        assert_eq!(fjord.status_of(peer).unwrap().remote_discriminator, 7);
+    }
 }
 
 #[test]
