@@ -11,6 +11,22 @@
 //!   [`BfdWatch`]).
 //!
 //! docs/bfd.md is the operator's view: timers, states, FRR and BIRD configurations.
+//!
+//! How the daemon uses it (one handle for the node, one watch per peer):
+//!
+//! 1. At start, on its runtime: `let bfd = BfdHandle::spawn()?` (binds UDP 3784; fails
+//!    when another BFD daemon holds it).
+//! 2. For each peer with BFD on (every mesh peer; an outside peer with `bfd: true`):
+//!    `let watch = bfd.add(SessionSpec { peer, local, timers: Timers::default() }).await?`,
+//!    `local` being the BGP session's local address. `add` is idempotent and applies
+//!    new timers to a running session; `bfd.remove(peer)` when the peer goes away.
+//! 3. Beside the peer's BGP events: `watch.next().await` yields `BfdChange::Up` and
+//!    `BfdChange::Down(down)`; feed `Signal::BfdDown(down)` and the TCP close
+//!    (`Signal::TcpClosed { graceful_restart_negotiated }`) to [`route_fate`] with the
+//!    peer's [`BgpPhase`]: `WithdrawNow` ends the BGP session as not graceful (as a hold
+//!    timer expiry does), `KeepStale` is graceful restart, `Unchanged` is nothing.
+//! 4. `bfd.status().await` gives each session's [`PeerStatus`] for `status --json`.
+//! 5. On SIGTERM, before exiting: `bfd.shutdown().await` (AdminDown to every peer).
 
 pub mod failure;
 pub mod fsm;
