@@ -312,13 +312,14 @@ impl Session {
             }
             _ => None,
         };
-        if p.poll {
-            // 6.8.6: the Final goes out at once, whatever the transmit timer says.
-            actions.push(Action::Send(self.packet(true)));
-        }
         match next {
             Some((to, diagnostic)) => actions.extend(self.change_state(to, diagnostic)),
             None => self.rearm_transmit(&mut actions, false),
+        }
+        if p.poll {
+            // 6.8.6: the Final goes out at once, whatever the transmit timer says, and
+            // with the state this packet brought.
+            actions.push(Action::Send(self.packet(true)));
         }
         actions
     }
@@ -966,6 +967,58 @@ mod tests {
         assert!(pair.sessions.iter().all(|s| s.state() == State::Up));
         pair.run(cut_at + Duration::from_millis(901));
         assert!(pair.sessions.iter().all(|s| s.state() == State::Down));
+    }
+
+    #[test]
+    fn random_events_keep_the_rfc_invariants() {
+        // 20,000 events drawn from every kind, packets with random fields: the session
+        // never sends P and F together, never goes below 1 s while not Up (6.8.3),
+        // sends Up only with the peer's discriminator, and never sends in AdminDown
+        // anything but AdminDown.
+        let mut s = session();
+        s.start();
+        let mut r: u64 = 0x1234_5678;
+        let mut next = || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r
+        };
+        for _ in 0..20_000 {
+            let event = match next() % 7 {
+                0 => Event::TimerExpired(Timer::Transmit),
+                1 => Event::TimerExpired(Timer::Detection),
+                2 if next() % 20 == 0 => Event::AdminDown,
+                3 => Event::AdminUp,
+                4 if next() % 10 == 0 => Event::SetTimers(Timers {
+                    desired_min_tx: Duration::from_millis(50 + next() % 2_000),
+                    required_min_rx: Duration::from_millis(50 + next() % 2_000),
+                    detect_mult: 1 + (next() % 5) as u8,
+                }),
+                _ => {
+                    let states = [State::AdminDown, State::Down, State::Init, State::Up];
+                    let mut p = peer(states[(next() % 4) as usize]);
+                    p.poll = next() % 4 == 0;
+                    p.final_ = next() % 4 == 0;
+                    p.demand = next() % 8 == 0;
+                    p.required_min_rx_us = (next() % 3) as u32 * 150_000;
+                    p.desired_min_tx_us = 1 + (next() % 2_000_000) as u32;
+                    p.your_discriminator = [0, LOCAL][(next() % 2) as usize];
+                    Event::Received(p)
+                }
+            };
+            for packet in sent(&s.handle(event)) {
+                assert!(!(packet.poll && packet.final_), "{packet:?}");
+                if packet.state != State::Up {
+                    assert!(packet.desired_min_tx_us >= SLOW_TX_US, "{packet:?}");
+                }
+                if packet.state == State::Up {
+                    assert_eq!(packet.your_discriminator, REMOTE);
+                }
+                assert_eq!(packet.my_discriminator, LOCAL);
+                assert_eq!(packet.state, s.state());
+            }
+        }
     }
 
     #[test]
