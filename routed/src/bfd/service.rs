@@ -341,18 +341,18 @@ impl Service {
                 }
             };
             tokio::select! {
-                command = self.queue.recv() => match command {
-                    Some(Command::Shutdown(done)) => {
+                command = self.queue.recv() => {
+                    let Some(command) = command else {
+                        // Every handle dropped: the daemon is going away.
+                        self.shutdown();
+                        return;
+                    };
+                    if let Err(done) = self.command(command) {
                         self.shutdown();
                         let _ = done.send(());
                         return;
                     }
-                    Some(command) => self.command(command),
-                    None => {
-                        self.shutdown();
-                        return;
-                    }
-                },
+                }
                 got = readable(&self.receivers[0], &mut buf4) => self.datagram(got, &buf4),
                 got = readable(&self.receivers[1], &mut buf6) => self.datagram(got, &buf6),
                 () = sleep => self.fire_due(Instant::now()),
@@ -360,7 +360,9 @@ impl Service {
         }
     }
 
-    fn command(&mut self, command: Command) {
+    /// Carries out one command; a Shutdown comes back as `Err` with its reply, for
+    /// `run` to stop after.
+    fn command(&mut self, command: Command) -> Result<(), oneshot::Sender<()>> {
         match command {
             Command::Add(spec, reply) => {
                 let _ = reply.send(self.add(spec));
@@ -387,8 +389,9 @@ impl Service {
                 all.sort_by_key(|s| s.peer);
                 let _ = reply.send(all);
             }
-            Command::Shutdown(_) => unreachable!("handled by run"),
+            Command::Shutdown(done) => return Err(done),
         }
+        Ok(())
     }
 
     fn add(&mut self, spec: SessionSpec) -> Result<BfdWatch, BfdError> {
