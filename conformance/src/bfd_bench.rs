@@ -201,8 +201,9 @@ fn bfd_trials(args: &Args) -> Vec<Duration> {
     );
     let mut all = Vec::new();
     for i in 0..args.trials {
-        let Trial { detected, back_up } =
-            fjord_detects(&link, &fjord, &peers, peer.as_ref(), &ours);
+        let Trial {
+            detected, back_up, ..
+        } = fjord_detects(&link, &fjord, &peers, peer.as_ref(), &ours);
         println!(
             "  trial {:2}: IPv4 {:4.0} ms  IPv6 {:4.0} ms  (back Up {:.0} ms after restore)",
             i + 1,

@@ -6,7 +6,7 @@ use crate::bfd_link::{BfdLink, FjordBfd, InputDrop};
 use crate::bfd_peers::BfdPeer;
 use fjord_routed::bfd::{BfdChange, Diagnostic};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A cut is seen within this: 300 ms x 3 is 900 ms after the last packet, plus the
 /// scheduling of a shared, loaded machine.
@@ -18,8 +18,12 @@ pub const BACK_UP_WITHIN: Duration = Duration::from_secs(10);
 /// One cut and restore.
 #[derive(Clone, Debug)]
 pub struct Trial {
-    /// Per session, in the order the addresses were given: cut to down.
+    /// Per session, in the order the addresses were given: cut to down (for a polled
+    /// peer, to the end of the first poll that showed it down).
     pub detected: Vec<Duration>,
+    /// Per session, when it was last seen still up: the detection happened after this.
+    /// The same as `detected` where the change is reported, not polled (Fjord's side).
+    pub still_up_at: Vec<Duration>,
     /// Restore to every session Up on both sides.
     pub back_up: Duration,
 }
@@ -93,19 +97,21 @@ pub fn fjord_detects(
             d.peer
         );
     }
-    let detected = downs.iter().map(|d| d.at - cut_at).collect();
+    let detected: Vec<Duration> = downs.iter().map(|d| d.at - cut_at).collect();
     let restored_at = Instant::now();
     cut.restore();
     wait_all_up(fjord, fjord_peers, peer, peer_neighbors, BACK_UP_WITHIN);
     Trial {
+        still_up_at: detected.clone(),
         detected,
         back_up: restored_at.elapsed(),
     }
 }
 
 /// The peer (side B) detects the cut: BFD arriving at B is dropped; polled through the
-/// peer's own CLI every few ms, so the figure includes up to one poll. Fjord must then
-/// hear the peer's Down (diagnostic 3).
+/// peer's own CLI, so each detection is known to lie between the start of the last poll
+/// that still said up and the end of the first that did not (a CLI call takes tens of
+/// milliseconds on a loaded machine). Fjord must then hear the peer's Down (diag 3).
 pub fn peer_detects(
     link: &BfdLink,
     fjord: &FjordBfd,
@@ -117,13 +123,18 @@ pub fn peer_detects(
     fjord.drain();
     let cut = InputDrop::bfd(&link.b);
     let cut_at = Instant::now();
+    let cut_wall = SystemTime::now();
     let mut seen: Vec<Option<Duration>> = vec![None; peer_neighbors.len()];
+    let mut still_up_at = vec![Duration::ZERO; peer_neighbors.len()];
     while seen.iter().any(Option::is_none) {
+        let poll_start = cut_at.elapsed();
         let states = peer.states(peer_neighbors);
-        let now = cut_at.elapsed();
-        for (slot, state) in seen.iter_mut().zip(states) {
-            if slot.is_none() && state.is_ok_and(|s| s != "up") {
-                *slot = Some(now);
+        let poll_end = cut_at.elapsed();
+        for ((slot, up_at), state) in seen.iter_mut().zip(&mut still_up_at).zip(states) {
+            match state {
+                Ok(s) if s == "up" => *up_at = poll_start,
+                Ok(_) if slot.is_none() => *slot = Some(poll_end),
+                _ => {}
             }
         }
         assert!(
@@ -153,8 +164,20 @@ pub fn peer_detects(
     let restored_at = Instant::now();
     cut.restore();
     wait_all_up(fjord, fjord_peers, peer, peer_neighbors, BACK_UP_WITHIN);
+    let mut detected: Vec<Duration> = seen.into_iter().flatten().collect();
+    // The peer's own log, to the millisecond, where it says when: better than the poll.
+    for (i, &n) in peer_neighbors.iter().enumerate() {
+        let logged = peer.logged_down(n, cut_wall);
+        if let Some(exact) = logged.and_then(|t| t.duration_since(cut_wall).ok()) {
+            if exact >= still_up_at[i] && exact <= detected[i] {
+                detected[i] = exact;
+                still_up_at[i] = exact;
+            }
+        }
+    }
     Trial {
-        detected: seen.into_iter().flatten().collect(),
+        detected,
+        still_up_at,
         back_up: restored_at.elapsed(),
     }
 }

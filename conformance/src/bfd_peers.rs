@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// One single-hop session a peer is configured with.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +43,12 @@ pub trait BfdPeer {
     /// allows it, so polling them together costs one round).
     fn states(&self, neighbors: &[IpAddr]) -> Vec<Result<String, String>> {
         neighbors.iter().map(|n| self.state(*n)).collect()
+    }
+
+    /// When the peer's log says the session with `neighbor` went from up to down, the
+    /// first time at or after `since`; None where the peer's log does not say.
+    fn logged_down(&self, _neighbor: IpAddr, _since: SystemTime) -> Option<SystemTime> {
+        None
     }
 
     fn is_up(&self, neighbor: IpAddr) -> bool {
@@ -117,8 +123,12 @@ const FRR_DAEMONS: &str = "/usr/lib/frr";
 
 impl FrrBfdd {
     /// Its config: one `peer` block per neighbor with the given timers.
-    pub fn config(neighbors: &[BfdNeighbor], timers: Timers) -> String {
-        let mut c = String::from("! Written by fjord's conformance suite (bfd_peers.rs).\nbfd\n");
+    pub fn config(neighbors: &[BfdNeighbor], timers: Timers, log: &Path) -> String {
+        // Millisecond timestamps and state changes in the log: a peer's detection time
+        // is read from there, not from polling its CLI.
+        let mut c = String::from("! Written by fjord's conformance suite (bfd_peers.rs).\n");
+        let _ = writeln!(c, "log file {} debugging", log.display());
+        c.push_str("log timestamp precision 3\ndebug bfd peer\nbfd\n");
         for n in neighbors {
             let _ = writeln!(c, " peer {} local-address {}", n.address, n.local);
             let _ = writeln!(c, "  detect-multiplier {}", timers.detect_mult);
@@ -149,8 +159,8 @@ impl FrrBfdd {
             dir.path().display()
         );
         let conf = dir.join("bfdd.conf");
-        std::fs::write(&conf, FrrBfdd::config(neighbors, timers)).expect("write bfdd.conf");
         let log = dir.join("bfdd.log");
+        std::fs::write(&conf, FrrBfdd::config(neighbors, timers, &log)).expect("write bfdd.conf");
         let mut cmd = Command::new(&bfdd);
         cmd.arg("-f")
             .arg(&conf)
@@ -162,9 +172,7 @@ impl FrrBfdd {
             .arg(dir.join("bfdd.sock"))
             .arg("-z")
             .arg(dir.join("zserv.api"))
-            .args(["-u", "frr", "-g", "frr", "--log-level", "debug"])
-            .arg("--log")
-            .arg(format!("file:{}", log.display()))
+            .args(["-u", "frr", "-g", "frr"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr file"));
@@ -206,6 +214,32 @@ impl FrrBfdd {
             ],
         )?;
         serde_json::from_str(&text).map_err(|e| format!("bfdd's JSON ({e}): {text}"))
+    }
+
+    /// `shutdown` (or `no shutdown`) of one peer through the vty: bfdd takes the session
+    /// AdminDown and tells the peer so.
+    pub fn set_shutdown(&self, neighbor: &BfdNeighbor, shutdown: bool) -> Result<(), String> {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let peer = format!("peer {} local-address {}", neighbor.address, neighbor.local);
+        let command = if shutdown { "shutdown" } else { "no shutdown" };
+        output_of(
+            &self.vtysh,
+            &[
+                "--vty_socket",
+                &dir,
+                "-d",
+                "bfdd",
+                "-c",
+                "configure terminal",
+                "-c",
+                "bfd",
+                "-c",
+                &peer,
+                "-c",
+                command,
+            ],
+        )
+        .map(|_| ())
     }
 
     /// The full JSON object bfdd shows for `neighbor`.
@@ -263,6 +297,18 @@ impl BfdPeer for FrrBfdd {
             tail(&self.dir.join("bfdd.log"), 6_000)
         )
     }
+
+    /// `2026/12/07 23:55:53.688 BFD: [..] state-change: [mhop:no peer:ADDR local:..] up -> down ..`
+    fn logged_down(&self, neighbor: IpAddr, since: SystemTime) -> Option<SystemTime> {
+        let text = std::fs::read_to_string(self.dir.join("bfdd.log")).ok()?;
+        let peer = format!("peer:{neighbor} ");
+        text.lines()
+            .filter(|l| {
+                l.contains("state-change:") && l.contains(&peer) && l.contains("up -> down")
+            })
+            .filter_map(log_time)
+            .find(|t| *t >= since)
+    }
 }
 
 impl Drop for FrrBfdd {
@@ -293,9 +339,11 @@ impl BirdBfd {
         let mut c = String::from("# Written by fjord's conformance suite (bfd_peers.rs).\n");
         let _ = writeln!(c, "router id {router_id};");
         let _ = writeln!(c, "log \"{}\" all;", log.display());
+        let _ = writeln!(c, "timeformat log \"%F %T.%3f\";");
         let _ = writeln!(c, "debug protocols {{ states, events }};");
         let _ = writeln!(c, "protocol device {{ scan time 1; }}");
         let _ = writeln!(c, "protocol bfd fjord_test {{");
+        let _ = writeln!(c, "  debug {{ states, events }};");
         let _ = writeln!(
             c,
             "  interface \"*\" {{ min rx interval {} ms; min tx interval {} ms; \
@@ -392,6 +440,43 @@ impl BfdPeer for BirdBfd {
             tail(&self.dir.join("bird.log"), 6_000)
         )
     }
+
+    /// `2026-12-07 23:56:57.358 <TRACE> fjord_test: Session to ADDR changed state from Up to Down`
+    fn logged_down(&self, neighbor: IpAddr, since: SystemTime) -> Option<SystemTime> {
+        let text = std::fs::read_to_string(self.dir.join("bird.log")).ok()?;
+        let change = format!("Session to {neighbor} changed state from Up to Down");
+        text.lines()
+            .filter(|l| l.contains(&change))
+            .filter_map(log_time)
+            .find(|t| *t >= since)
+    }
+}
+
+/// The local time a log line starts with, `YYYY-MM-DD HH:MM:SS.mmm` (FRR writes `/`
+/// between the date's parts), to the millisecond.
+fn log_time(line: &str) -> Option<SystemTime> {
+    let stamp = line.get(..23)?;
+    let num = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i32>().ok();
+    // SAFETY: tm is a plain C struct for which all zeroes is a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = num(0..4)? - 1900;
+    tm.tm_mon = num(5..7)? - 1;
+    tm.tm_mday = num(8..10)?;
+    tm.tm_hour = num(11..13)?;
+    tm.tm_min = num(14..16)?;
+    tm.tm_sec = num(17..19)?;
+    tm.tm_isdst = -1;
+    let millis = num(20..23)?;
+    // SAFETY: mktime reads and normalises the tm it is given, which lives on this stack.
+    let secs = unsafe { libc::mktime(&mut tm) };
+    if secs < 0 {
+        return None;
+    }
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(secs as u64)
+            + Duration::from_millis(millis as u64),
+    )
 }
 
 /// From `show bfd sessions`: `IP  Interface  State  Since  Interval  Timeout`.
