@@ -150,7 +150,8 @@ pub struct BfdHandle {
 
 impl BfdHandle {
     /// Binds UDP 3784 for both families (IPv6 is skipped where the namespace has none)
-    /// and starts the task on the current tokio runtime.
+    /// and starts the task on the current tokio runtime (it must be called from inside
+    /// one, like `tokio::spawn`), in the network namespace of the calling thread.
     pub fn spawn() -> Result<BfdHandle, BfdError> {
         let v4 = Some(into_tokio(socket::receiver(IpAddr::V4(
             Ipv4Addr::UNSPECIFIED,
