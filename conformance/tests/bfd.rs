@@ -23,12 +23,15 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-/// 300 ms x 3 is 900 ms after the last packet; what a loaded shared machine adds on
-/// top stays well under the one second.
-const DETECTION_BOUND: Duration = Duration::from_millis(1_000);
-/// The last packet before a cut was at most one transmit interval earlier (300 ms, less
-/// jitter): a detection much faster than 600 ms means something else took it down.
-const DETECTION_FLOOR: Duration = Duration::from_millis(500);
+/// 300 ms x 3 is 900 ms after the last packet; on the shared 2-core machine the tests
+/// run on, a starved thread adds to it (seen: 1.1 s once at load average 58; 0.93 s at
+/// 17). A daemon that misses this bound by more is broken, not busy.
+const DETECTION_BOUND: Duration = Duration::from_millis(1_200);
+/// The last packet before a cut came at most one transmit interval (300 ms, less
+/// jitter) earlier, so 600 ms is the least a detection takes; a busy machine can delay
+/// a peer's packet or the cut's own command (seen: 480 ms at load 58). Much less means
+/// something else took the session down.
+const DETECTION_FLOOR: Duration = Duration::from_millis(400);
 const UP_WITHIN: Duration = Duration::from_secs(20);
 const TRIALS: usize = 10;
 
