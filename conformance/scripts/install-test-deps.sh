@@ -13,7 +13,9 @@
 #   busybox-static                the rootfs of that test's container image
 #   iperf3                        datapath throughput figures
 #   procps                        ps, pgrep for debugging runaway plugins
-#   python3                       demo.sh pretty-prints results with it
+#   python3                       demo.sh pretty-prints results with it; the policy tests'
+#                                 TCP/UDP echo servers and probes (tests/policy_nft.rs)
+#   nftables                      nft, which fjord-policy drives (tests/policy_nft.rs)
 #   python3-venv                  the venv below for kubernetes-validate
 #   etcd-server                   the etcd: store tests and `fjord-lab up --store etcd` run
 #                                 real etcd members
@@ -28,7 +30,7 @@ set -euo pipefail
 PACKAGES=(
     iproute2 util-linux iputils-ping containernetworking-plugins
     podman runc conmon busybox-static iperf3 procps python3 python3-venv
-    etcd-server protobuf-compiler libprotobuf-dev
+    etcd-server protobuf-compiler libprotobuf-dev nftables
 )
 KUBERNETES_VALIDATE_VERSION=1.37.0
 TEST_VENV=${FJORD_TEST_VENV:-/opt/fjord-test-venv}
