@@ -16,7 +16,8 @@
 //!
 //! 1. At start, on its runtime: `let bfd = BfdHandle::spawn()?` (binds UDP 3784; fails
 //!    when another BFD daemon holds it).
-//! 2. For each peer with BFD on (every mesh peer; an outside peer with `bfd: true`):
+//! 2. For each peer with BFD on (every mesh peer on a connected subnet, as single hop
+//!    BFD needs; an outside peer with `bfd: true`):
 //!    `let watch = bfd.add(SessionSpec { peer, local, timers: Timers::default() }).await?`,
 //!    `local` being the BGP session's local address. `add` is idempotent and applies
 //!    new timers to a running session; `bfd.remove(peer)` when the peer goes away.
