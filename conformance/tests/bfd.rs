@@ -6,9 +6,10 @@
 //! peer (Fjord then hears its Down, diagnostic 3); restored, both come back Up. Each
 //! trial's figure is printed (`cargo test --test bfd -- --nocapture`).
 //!
-//! Also: RFC 5881 5's TTL 255 rule on receipt, BFD configured on one side only, and the
-//! failure-or-restart rule fed by live sessions (a stopped Fjord says AdminDown; a cut
-//! is a failure). Root, with Debian's frr and bird2
+//! Also: RFC 5881 5's TTL 255 rule on receipt, demultiplexing (a discriminator from the
+//! wrong address), BFD configured on one side only, and the failure-or-restart rule fed
+//! by live sessions (AdminDown from FRR and from a stopping Fjord is no failure; a cut
+//! is; FRR's bfdd stops silently). Root, with Debian's frr and bird2
 //! (`conformance/scripts/install-routing-deps.sh`).
 
 use fjord_conformance::bfd_detection::{fjord_detects, peer_detects, wait_all_up, Trial};
@@ -265,6 +266,26 @@ fn a_stopping_fjord_says_admin_down_and_a_cut_is_a_failure() {
     }
 }
 
+/// A peer's Init at 300 ms x 3, as a hand-made peer sends it.
+fn init_packet(my_discriminator: u32, your_discriminator: u32) -> ControlPacket {
+    ControlPacket {
+        diagnostic: Diagnostic::None,
+        state: State::Init,
+        poll: false,
+        final_: false,
+        control_plane_independent: false,
+        demand: false,
+        multipoint: false,
+        detect_mult: 3,
+        my_discriminator,
+        your_discriminator,
+        desired_min_tx_us: 300_000,
+        required_min_rx_us: 300_000,
+        required_min_echo_rx_us: 0,
+        authentication: None,
+    }
+}
+
 /// Sends `packets` from `from` (inside `ns`) to port 3784 of `to`, 100 ms apart, with
 /// this TTL (IPv4) or hop limit (IPv6).
 fn send_from(ns: &Netns, from: IpAddr, to: IpAddr, ttl: i32, packets: Vec<ControlPacket>) {
@@ -302,22 +323,7 @@ fn only_packets_with_ttl_255_are_accepted_on_both_families() {
     for (peer, local) in peer_addrs().into_iter().zip(fjord_addrs()) {
         fjord.add(peer, local, Timers::default());
         let ours = fjord.status_of(peer).expect("session").local_discriminator;
-        let init = ControlPacket {
-            diagnostic: Diagnostic::None,
-            state: State::Init,
-            poll: false,
-            final_: false,
-            control_plane_independent: false,
-            demand: false,
-            multipoint: false,
-            detect_mult: 3,
-            my_discriminator: 7,
-            your_discriminator: ours,
-            desired_min_tx_us: 300_000,
-            required_min_rx_us: 300_000,
-            required_min_echo_rx_us: 0,
-            authentication: None,
-        };
+        let init = init_packet(7, ours);
         // One hop away but sent with 254: a forged or routed packet (RFC 5881 5).
         send_from(&link.b, peer, local, 254, vec![init.clone(); 5]);
         // (The other family's session, brought Up by hand a moment ago, times out
@@ -338,6 +344,37 @@ fn only_packets_with_ttl_255_are_accepted_on_both_families() {
         assert_eq!(up.peer, peer);
         assert_eq!(fjord.status_of(peer).unwrap().remote_discriminator, 7);
     }
+}
+
+#[test]
+fn a_discriminator_from_the_wrong_address_is_ignored() {
+    // RFC 5880 6.8.6 selects the session by Your Discriminator; a single-hop session
+    // also only hears its own peer: the IPv4 session's discriminator arriving from the
+    // peer's IPv6 address (or anyone else's) moves nothing.
+    require_root();
+    let link = BfdLink::new();
+    let fjord = start_fjord(&link);
+    let v4 = fjord.status_of(B_V4.into()).expect("session");
+    let init = init_packet(9, v4.local_discriminator);
+    send_from(
+        &link.b,
+        B_V6.into(),
+        A_V6.into(),
+        255,
+        vec![init.clone(); 3],
+    );
+    assert!(
+        fjord.next_change(Duration::from_millis(300)).is_none(),
+        "a packet from the wrong address moved a session"
+    );
+    for p in peer_addrs() {
+        assert_eq!(fjord.status_of(p).expect("session").remote_discriminator, 0);
+    }
+    // From the right address, the same packet is the IPv4 peer's Init.
+    send_from(&link.b, B_V4.into(), A_V4.into(), 255, vec![init]);
+    fjord.wait_for(B_V4.into(), Duration::from_secs(2), |c| {
+        matches!(c, BfdChange::Up)
+    });
 }
 
 #[test]
