@@ -9,6 +9,7 @@
 //! [`vxlan`], [`netlink_batch`] and [`underlay`] (netlink), [`status`] (the status
 //! socket). See docs/node-core.md.
 
+pub mod bfd;
 pub mod bgp;
 pub mod cluster;
 pub mod config;
