@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Installs the real BGP peers the mesh and interop tests run against (tests/mesh.rs,
-# tests/interop.rs), on Debian 12, as root. Idempotent: packages already installed are
+# tests/interop.rs, tests/bfd.rs), on Debian 12, as root. Idempotent: packages already installed are
 # left alone, and `apt-get update` runs only when something is missing.
 #
 #   bird2          BIRD 2 (bird, birdc): an interop peer, and the benchmark's baseline
 #   gobgpd         GoBGP (gobgpd, gobgp): the second interop peer
+#   frr            FRR's bfdd (run alone, no zebra) and vtysh: the BFD interop peer
+#   nftables       nft: the BFD tests cut a path by dropping UDP 3784 in a test namespace
 #   iperf3         datapath throughput between lab pods
 #   iputils-ping   ping from pod namespaces (the continuous ping across a restart)
 #   iproute2       ip, ip netns (every lab)
 #   iptables       drops ICMP "fragmentation needed" in lab nodes (tests/encapsulation.rs),
 #                  so a wrong MTU black-holes TCP instead of being rescued by PMTU discovery
 #
-# The tests run bird and gobgpd themselves, inside lab network namespaces, with their
+# The tests run bird, gobgpd and bfdd themselves, inside lab network namespaces, with their
 # own config, control socket and pid file in the test's temp dir. Debian's bird2
-# package starts a `bird` service in the root namespace on install; this script stops
-# and disables it (and gobgpd's, should a package version ship one), so no routing
+# package starts a `bird` service in the root namespace on install, and frr's an
+# `frr` service (zebra, watchfrr); this script stops and disables them (and gobgpd's,
+# should a package version ship one), so no routing
 # daemon of ours runs in the root namespace and nothing can hold port 179 there.
 set -euo pipefail
 
-PACKAGES=(bird2 gobgpd iperf3 iputils-ping iproute2 iptables)
-SERVICES=(bird bird6 gobgpd)
+PACKAGES=(bird2 gobgpd frr nftables iperf3 iputils-ping iproute2 iptables)
+SERVICES=(bird bird6 gobgpd frr)
 
 say() { echo "install-routing-deps.sh: $*"; }
 die() { echo "install-routing-deps.sh: $*" >&2; exit 1; }
@@ -72,9 +75,10 @@ done
 # What the tests execute, checked by name: a package can be installed and still not
 # provide what a test expects.
 problems=()
-for cmd in bird birdc gobgpd gobgp iperf3 ping ip; do
+for cmd in bird birdc gobgpd gobgp vtysh nft iperf3 ping ip; do
     command -v "$cmd" >/dev/null 2>&1 || problems+=("command $cmd is not on PATH")
 done
+[ -x /usr/lib/frr/bfdd ] || problems+=("/usr/lib/frr/bfdd is missing (Debian's frr)")
 if command -v bird >/dev/null 2>&1; then
     version=$(bird --version 2>&1 || true)
     case "$version" in

@@ -6,6 +6,10 @@
 //! Plugins never run in the root namespace: a [`PluginCall`] enters a node [`Netns`]
 //! before it executes the plugin.
 
+pub mod bfd_bench;
+pub mod bfd_detection;
+pub mod bfd_link;
+pub mod bfd_peers;
 pub mod bins;
 pub mod etcd;
 pub mod fake_apiserver;

@@ -49,8 +49,6 @@ pub enum IpamError {
         .path.display()
     )]
     PodCidrsNotWritten { node: String, path: PathBuf },
-    #[error("the Kubernetes API has no Node named {node}: check --node-name (kubelet creates the Node when it registers)")]
-    NoSuchNode { node: String },
     #[error("IPAM store etcd:{endpoints} cannot be used (unreachable or without quorum): {reason}; try again later")]
     StoreUnavailable { endpoints: String, reason: String },
     #[error("IPAM store etcd:{endpoints}: {attempts} transactions lost to concurrent writers within {waited:?}; try again later")]
@@ -82,7 +80,6 @@ impl IpamError {
             | IpamError::StoreUnavailable { .. }
             | IpamError::StoreContended { .. }
             | IpamError::PodCidrsNotWritten { .. } => ErrorCode::TryAgainLater,
-            IpamError::NoSuchNode { .. } => ErrorCode::InvalidConfig,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The node registry: which nodes exist, at which addresses and AS. `fjord-routed`
-//! registers its node and peers with every other registered node (ARCHITECTURE.md, "The route
-//! daemon"); it reads block claims from the same store to announce its node's blocks.
+//! registers its node and peers with every other registered node; it reads block claims
+//! from the same store to announce its node's blocks. The daemon does not call this
+//! interface from its event loop: it polls [`Registry::view`] on a blocking thread and
+//! follows the answers as a stream (routed/src/cluster.rs), beside the Kubernetes Node
+//! watcher that gives the same [`NodeView`] for `--store kubernetes`.
 
 use crate::allocator::Claim;
-use crate::config::StoreSpec;
 use crate::error::IpamError;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -28,6 +30,14 @@ impl NodeRecord {
     }
 }
 
+/// Every registered node and every block claim, as one read saw them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeView {
+    /// Sorted by name.
+    pub nodes: Vec<NodeRecord>,
+    pub claims: Vec<Claim>,
+}
+
 pub trait Registry: Send + Sync {
     /// Writes (or rewrites) this node's record.
     fn register(&self, node: &NodeRecord) -> Result<(), IpamError>;
@@ -37,17 +47,14 @@ pub trait Registry: Send + Sync {
     fn nodes(&self) -> Result<Vec<NodeRecord>, IpamError>;
     /// Every block claim (block and node) in the store.
     fn claims(&self) -> Result<Vec<Claim>, IpamError>;
-}
-
-/// Opens the registry of the store `spec` names (a `dir:` store is created if missing).
-pub fn open(spec: &StoreSpec) -> Result<Box<dyn Registry>, IpamError> {
-    match spec {
-        StoreSpec::Dir(path) => Ok(Box::new(crate::dir::DirStore::open(path)?)),
-        StoreSpec::Etcd(etcd) => Ok(Box::new(crate::etcd::EtcdRegistry::open(etcd)?)),
-        // Nodes and podCIDRs come from the API server; only fjord-routed watches it.
-        StoreSpec::Kubernetes(_) => Err(IpamError::Config(
-            "the kubernetes store's node registry is fjord-routed's watcher of Node objects; it cannot be opened from the IPAM".into(),
-        )),
+    /// Nodes and claims in one read, for a caller that polls: a store that can be
+    /// unreachable answers with its error at once instead of retrying (the next poll is
+    /// the retry), and reads both at one revision where it can.
+    fn view(&self) -> Result<NodeView, IpamError> {
+        Ok(NodeView {
+            nodes: self.nodes()?,
+            claims: self.claims()?,
+        })
     }
 }
 
@@ -64,7 +71,7 @@ mod tests {
     #[test]
     fn nodes_register_list_and_leave() {
         let dir = temp_store("nodes");
-        let reg = open(&StoreSpec::Dir(dir.clone())).unwrap();
+        let reg = crate::dir::DirStore::open(&dir).unwrap();
         assert!(reg.nodes().unwrap().is_empty());
         let a = NodeRecord {
             name: "node-b".into(),
@@ -81,14 +88,15 @@ mod tests {
         assert_eq!(reg.nodes().unwrap(), vec![b.clone(), a.clone()]);
         reg.deregister("node-b").unwrap();
         reg.deregister("never-there").unwrap();
-        assert_eq!(reg.nodes().unwrap(), vec![b]);
+        assert_eq!(reg.nodes().unwrap(), vec![b.clone()]);
+        assert_eq!(reg.view().unwrap().nodes, vec![b]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn a_corrupt_record_is_reported_with_its_path() {
         let dir = temp_store("corrupt");
-        let reg = open(&StoreSpec::Dir(dir.clone())).unwrap();
+        let reg = crate::dir::DirStore::open(&dir).unwrap();
         std::fs::create_dir_all(dir.join("nodes")).unwrap();
         std::fs::write(dir.join("nodes/bad.json"), b"{ nope").unwrap();
         let err = reg.nodes().unwrap_err().to_string();

@@ -15,7 +15,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fjord_routed::kernel::{Kernel, NextHop, RouteOp, RT_METRIC_FJORD, RT_PROTO_FJORD};
+use fjord_routed::kernel::{Kernel, RT_METRIC_FJORD, RT_PROTO_FJORD};
+use fjord_routed::node::{NextHop, RouteOp};
 use fjord_routed::rib::{Path, PeerKey, Rib, RibChange};
 use ipnetwork::IpNetwork;
 

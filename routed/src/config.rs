@@ -279,6 +279,23 @@ impl Settings {
     pub fn address_v6(&self) -> Option<IpAddr> {
         self.addresses.iter().copied().find(IpAddr::is_ipv6)
     }
+
+    /// What the node core needs of them.
+    pub fn node_config(&self) -> crate::node::NodeConfig {
+        crate::node::NodeConfig {
+            node_name: self.node_name.clone(),
+            addresses: self.addresses.clone(),
+            router_id: self.router_id,
+            asn: self.asn,
+            peers: self.peers.clone(),
+            mesh: self.mesh,
+            encapsulation: self.encapsulation,
+            listen_port: self.listen_port,
+            hold_time: self.hold_time,
+            graceful_restart_time: self.graceful_restart_time,
+            connect_retry: self.connect_retry,
+        }
+    }
 }
 
 /// `10.0.0.9`, `10.0.0.9:65001`, `fd00::9`, `[fd00::9]:65001`.

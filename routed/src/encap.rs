@@ -14,7 +14,7 @@
 //!   address (IPv4 or IPv6) is the route's next hop; IPv6 blocks ride the IPv4 underlay.
 
 use crate::config::Encapsulation;
-use crate::kernel::NextHop;
+use crate::node::NextHop;
 use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

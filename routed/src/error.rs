@@ -33,6 +33,8 @@ pub enum RoutedError {
     },
     #[error("Kubernetes client configuration: {0}")]
     KubeConfig(String),
+    #[error("the Kubernetes API has no Node named {node}: check --node-name (kubelet creates the Node when it registers)")]
+    NoSuchNode { node: String },
     #[error("no complete list of Node objects from the Kubernetes API at {server} within {waited:?}: {last_error}")]
     KubeNodes {
         server: String,

@@ -14,7 +14,6 @@
 //! insertions cost. Dumps and reconcile's removals go through rtnetlink.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
@@ -33,7 +32,7 @@ use rtnetlink::sys::AsyncSocket;
 use thiserror::Error;
 
 use crate::netlink_batch::{BatchSocket, Request};
-use crate::rib::RibChange;
+use crate::node::{NextHop, RouteOp};
 
 /// Fjord's route protocol number (`rtm_protocol`). Values above 4 are free for routing
 /// daemons to claim; iproute2's table names 8-18, 42, 99 and 186-192, and 200 is in
@@ -96,54 +95,6 @@ pub enum KernelError {
         failed: usize,
         errors: Vec<KernelError>,
     },
-}
-
-/// How a route reaches its next hop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum NextHop {
-    /// `via GATEWAY`: the kernel finds the device; the gateway must be on a connected
-    /// subnet (native routing).
-    Via(IpAddr),
-    /// `via GATEWAY dev IFINDEX onlink`: the gateway is taken as reachable on the device
-    /// even without a connected subnet (VXLAN: the remote VTEP's address).
-    OnLink { gateway: IpAddr, ifindex: u32 },
-}
-
-impl fmt::Display for NextHop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NextHop::Via(gw) => write!(f, "via {gw}"),
-            NextHop::OnLink { gateway, ifindex } => {
-                write!(f, "via {gateway} dev #{ifindex} onlink")
-            }
-        }
-    }
-}
-
-/// One change to apply. Changes in one [`Kernel::apply`] call run concurrently: give at
-/// most one per prefix (the RIB's change lists already do).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RouteOp {
-    /// Install, or replace Fjord's route for the prefix.
-    Replace {
-        prefix: IpNetwork,
-        next_hop: NextHop,
-    },
-    /// Remove Fjord's route for the prefix; absent is fine.
-    Remove { prefix: IpNetwork },
-}
-
-impl From<RibChange> for RouteOp {
-    /// A RIB change as a native route; VXLAN peers map to [`NextHop::OnLink`] instead.
-    fn from(change: RibChange) -> Self {
-        match change {
-            RibChange::Install { prefix, next_hop } => RouteOp::Replace {
-                prefix,
-                next_hop: NextHop::Via(next_hop),
-            },
-            RibChange::Remove { prefix } => RouteOp::Remove { prefix },
-        }
-    }
 }
 
 /// A route with protocol [`RT_PROTO_FJORD`] found in the kernel's main table.
@@ -676,20 +627,5 @@ mod tests {
         let mut m = install_message(net("10.1.0.0/26"), via("10.0.0.2"));
         m.header.table = 100;
         assert_eq!(parse_route(&m), None);
-    }
-
-    #[test]
-    fn rib_changes_become_native_routes() {
-        let change = RibChange::Install {
-            prefix: net("10.1.0.0/26"),
-            next_hop: "10.0.0.2".parse().unwrap(),
-        };
-        assert_eq!(
-            RouteOp::from(change),
-            RouteOp::Replace {
-                prefix: net("10.1.0.0/26"),
-                next_hop: via("10.0.0.2")
-            }
-        );
     }
 }

@@ -15,8 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-/// LOCAL_PREF of a path that carries none (eBGP paths, RFC 4271 5.1.5).
-pub const DEFAULT_LOCAL_PREF: u32 = 100;
+use crate::bgp::wire::DEFAULT_LOCAL_PREF;
 
 /// One path to a prefix as learned from a peer, already decoded by the BGP layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

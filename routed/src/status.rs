@@ -1,10 +1,13 @@
 //! `fjord-routed status`: the daemon's peer table over a root-only Unix socket.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -31,8 +34,10 @@ pub struct PeerStatus {
     pub node: Option<String>,
     pub asn: u32,
     pub state: String,
-    /// Local time of the last state change, HH:MM:SS, as the table shows it.
+    /// The last state change in UTC as the table shows it ([`since_text`]): `HH:MM:SS`
+    /// when it was today, `YYYY-MM-DD HH:MM:SS` before; `-` before the first.
     pub since: String,
+    /// The same as seconds since the Unix epoch (0 before the first change).
     pub since_unix: u64,
     /// How the peer's blocks are reached: `native`, `vxlan`, or `unreachable` (mode
     /// `never` and the peer is not on a directly connected subnet: no routes installed).
@@ -40,17 +45,23 @@ pub struct PeerStatus {
     pub datapath: String,
     pub routes_in: usize,
     pub routes_out: usize,
+    /// Announcements not installed, by reason (`own_next_hop`, `as_path_loop`,
+    /// `own_block`; routed/src/node/import.rs), since the daemon started.
+    #[serde(default)]
+    pub rejected: BTreeMap<String, u64>,
 }
 
 pub const MESH_PEER: &str = "node-to-node mesh";
 pub const EXTERNAL_PEER: &str = "global";
 
-/// Serves `report()` as one JSON line per connection. The socket is made 0600: the
-/// peer table is for the node's administrator.
-pub async fn serve(
-    path: &Path,
-    report: impl Fn() -> StatusReport + Send + Sync + 'static,
-) -> io::Result<()> {
+/// Serves `report()` as one JSON line per connection (a connection asked while the
+/// daemon stops, when `report()` gives `None`, is closed unanswered). The socket is made
+/// 0600: the peer table is for the node's administrator.
+pub async fn serve<F, R>(path: &Path, report: F) -> io::Result<()>
+where
+    F: Fn() -> R,
+    R: Future<Output = Option<StatusReport>> + Send + 'static,
+{
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -62,11 +73,14 @@ pub async fn serve(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     loop {
         let (mut stream, _) = listener.accept().await?;
-        let mut line = serde_json::to_vec(&report()).expect("a status report serializes");
-        line.push(b'\n');
+        let answer = report();
         tokio::spawn(async move {
-            // A client that hangs up early loses nothing but its own answer.
-            let _ = stream.write_all(&line).await;
+            if let Some(report) = answer.await {
+                let mut line = serde_json::to_vec(&report).expect("a status report serializes");
+                line.push(b'\n');
+                // A client that hangs up early loses nothing but its own answer.
+                let _ = stream.write_all(&line).await;
+            }
             let _ = stream.shutdown().await;
         });
     }
@@ -91,6 +105,39 @@ pub async fn query(path: &Path) -> io::Result<StatusReport> {
             format!("unreadable status: {e}"),
         )
     })
+}
+
+/// When a state change at `at` happened, in UTC, as seen at `now`: `HH:MM:SS` on the
+/// same day, `YYYY-MM-DD HH:MM:SS` on an earlier (or later) one.
+pub fn since_text(at: SystemTime, now: SystemTime) -> String {
+    let (at, now) = (unix_seconds(at), unix_seconds(now));
+    let (day, secs) = (at / 86_400, at % 86_400);
+    let clock = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    if day == now / 86_400 {
+        return clock;
+    }
+    let (year, month, date) = civil_date(day);
+    format!("{year:04}-{month:02}-{date:02} {clock}")
+}
+
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Year, month, day of the `days`th day after 1970-01-01 (proleptic Gregorian), by
+/// Howard Hinnant's `civil_from_days`.
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// The peer table of docs/routed.md ("Status").
@@ -184,6 +231,7 @@ mod tests {
                 datapath: "native".into(),
                 routes_in: 1,
                 routes_out: 1,
+                rejected: BTreeMap::from([("own_block".to_string(), 2)]),
             }],
         }
     }
@@ -210,6 +258,28 @@ mod tests {
         assert_eq!(v["peers"][0]["datapath"], "native");
         assert_eq!(v["encapsulation"], "cross-subnet");
         assert_eq!(v["blocks"][0], "10.244.0.0/26");
+        assert_eq!(v["peers"][0]["rejected"]["own_block"], 2);
+    }
+
+    #[test]
+    fn since_is_a_utc_clock_today_and_a_dated_one_before() {
+        let day = |d: u64, h: u64, m: u64, s: u64| {
+            SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(d * 86_400 + h * 3600 + m * 60 + s)
+        };
+        // 2026-05-01 is day 20574 since the epoch.
+        let now = day(20_574, 18, 0, 0);
+        assert_eq!(since_text(day(20_574, 10, 23, 14), now), "10:23:14");
+        assert_eq!(
+            since_text(day(20_573, 23, 59, 59), now),
+            "2026-04-30 23:59:59"
+        );
+        assert_eq!(since_text(day(0, 0, 0, 7), now), "1970-01-01 00:00:07");
+        assert_eq!(
+            since_text(day(11_016, 12, 0, 0), now),
+            "2000-02-29 12:00:00"
+        );
+        assert_eq!(unix_seconds(day(1, 0, 0, 1)), 86_401);
     }
 
     #[tokio::test]
@@ -217,7 +287,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fjord-status-{}", std::process::id()));
         let path = dir.join("routed.sock");
         let server_path = path.clone();
-        let server = tokio::spawn(async move { serve(&server_path, sample).await });
+        let server =
+            tokio::spawn(async move { serve(&server_path, || async { Some(sample()) }).await });
         let report = loop {
             match query(&path).await {
                 Ok(r) => break r,

@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
-use fjord_routed::kernel::{Kernel, KernelError, NextHop, RouteOp, RT_METRIC_FJORD};
+use fjord_routed::kernel::{Kernel, KernelError, RT_METRIC_FJORD};
+use fjord_routed::node::{NextHop, RouteOp};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 

@@ -1,8 +1,9 @@
 //! The Node watcher of `--store kubernetes` against a stand-in API server that speaks
 //! the real list/watch protocol with real Node JSON (conformance/src/fake_apiserver.rs):
 //! the initial list, ADDED/MODIFIED/DELETED, bookmarks, a dropped connection resumed
-//! from the last resourceVersion, 410 Gone forcing a re-list, the cache kept while the
-//! API server is away, paged lists, and the podCIDRs file the IPAM reads.
+//! from the last resourceVersion, 410 Gone forcing a re-list, the last view kept while
+//! the API server is away, paged lists, and the podCIDRs file the IPAM reads. The
+//! watcher's output is the cluster view the node core reads: each test follows it.
 
 #[allow(dead_code)] // the lab test uses the rest
 #[path = "../../conformance/src/fake_apiserver.rs"]
@@ -10,10 +11,11 @@ mod fake_apiserver;
 
 use fake_apiserver::{node_json, FakeApiServer, Request, TOKEN};
 use fjord_ipam::kubernetes::read_pod_cidrs;
-use fjord_ipam::registry::{NodeRecord, Registry};
-use fjord_ipam::IpamError;
+use fjord_ipam::registry::{NodeRecord, NodeView};
+use fjord_routed::cluster::ClusterView;
 use fjord_routed::error::RoutedError;
-use fjord_routed::kubernetes::{start, KubeRegistry, WatchOptions};
+use fjord_routed::kubernetes::{start, WatchOptions};
+use fjord_routed::node::ClusterEvent;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -43,6 +45,7 @@ fn options(server: &FakeApiServer, dir: &Dir, node: &str) -> WatchOptions {
     server.write_kubeconfig(&kubeconfig);
     WatchOptions {
         node: node.into(),
+        node_addresses: vec![],
         default_asn: 64512,
         kubeconfig: Some(kubeconfig),
         pod_cidrs_dir: dir.0.join("state"),
@@ -61,25 +64,63 @@ fn two_nodes() -> FakeApiServer {
     server
 }
 
-fn names(registry: &KubeRegistry) -> Vec<String> {
-    registry
-        .nodes()
-        .unwrap()
-        .into_iter()
-        .map(|n| n.name)
-        .collect()
+/// The cluster view as the core sees it: the last complete view sent.
+struct Follow {
+    view: ClusterView,
+    latest: NodeView,
+    unavailable: usize,
 }
 
-/// Polls `check` on the registry (from the async test, yielding to the watcher task).
-async fn eventually(what: &str, registry: &KubeRegistry, check: impl Fn(&KubeRegistry) -> bool) {
+impl Follow {
+    /// Starts following; the first event is the first list.
+    async fn start(options: WatchOptions) -> Follow {
+        let mut view = start(options).await.unwrap();
+        let first = tokio::time::timeout(WAIT, view.recv()).await;
+        let Ok(Some(ClusterEvent::Nodes(latest))) = first else {
+            panic!("the first event is not the list: {first:?}");
+        };
+        Follow {
+            view,
+            latest,
+            unavailable: 0,
+        }
+    }
+
+    /// Takes whatever the watcher sent within `wait`.
+    async fn drain(&mut self, wait: Duration) {
+        while let Ok(Some(event)) = tokio::time::timeout(wait, self.view.recv()).await {
+            self.take(event);
+        }
+    }
+
+    fn take(&mut self, event: ClusterEvent) {
+        match event {
+            ClusterEvent::Nodes(view) => self.latest = view,
+            ClusterEvent::Unavailable { .. } => self.unavailable += 1,
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        names(&self.latest)
+    }
+}
+
+fn names(view: &NodeView) -> Vec<String> {
+    view.nodes.iter().map(|n| n.name.clone()).collect()
+}
+
+/// Follows the view until `check` accepts it.
+async fn eventually(what: &str, follow: &mut Follow, check: impl Fn(&NodeView) -> bool) {
     let deadline = Instant::now() + WAIT;
-    while !check(registry) {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {WAIT:?}; the cache holds {:?}",
-            registry.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while !check(&follow.latest) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, follow.view.recv()).await {
+            Ok(Some(event)) => follow.take(event),
+            _ => panic!(
+                "{what}: not within {WAIT:?}; the view holds {:?}",
+                follow.latest
+            ),
+        }
     }
 }
 
@@ -107,10 +148,11 @@ fn ip(s: &str) -> IpAddr {
 async fn lists_then_follows_added_modified_deleted_and_writes_the_pod_cidrs() {
     let server = two_nodes();
     let dir = Dir::new("follow");
-    let registry = start(options(&server, &dir, "node-1")).await.unwrap();
+    // Starting checks that this node's Node exists (kubelet registered it).
+    let mut follow = Follow::start(options(&server, &dir, "node-1")).await;
     // The list: peers from InternalIPs, blocks from spec.podCIDRs.
     assert_eq!(
-        registry.nodes().unwrap(),
+        follow.latest.nodes,
         vec![
             NodeRecord {
                 name: "node-1".into(),
@@ -124,9 +166,9 @@ async fn lists_then_follows_added_modified_deleted_and_writes_the_pod_cidrs() {
             },
         ]
     );
-    let claims: Vec<String> = registry
-        .claims()
-        .unwrap()
+    let claims: Vec<String> = follow
+        .latest
+        .claims
         .iter()
         .map(|c| format!("{}@{}", c.block, c.node))
         .collect();
@@ -167,31 +209,24 @@ async fn lists_then_follows_added_modified_deleted_and_writes_the_pod_cidrs() {
             "fd00:10:244:1::/64".parse().unwrap()
         ]
     );
-    assert!(registry
-        .register(&NodeRecord {
-            name: "node-1".into(),
-            addresses: vec![ip("192.168.50.1")],
-            asn: 64512
-        })
-        .is_ok());
 
     server.apply(node_json("node-3", &["192.168.50.3"], &["10.244.3.0/24"]));
-    eventually("ADDED node-3", &registry, |r| {
-        names(r).contains(&"node-3".into())
+    eventually("ADDED node-3", &mut follow, |v| {
+        names(v).contains(&"node-3".into())
     })
     .await;
     let mut moved = node_json("node-2", &["192.168.60.2"], &["10.244.2.0/24"]);
     moved["metadata"]["annotations"][fjord_routed::kubernetes::ASN_ANNOTATION] = "65002".into();
     server.apply(moved);
-    eventually("MODIFIED node-2", &registry, |r| {
-        r.nodes().unwrap().iter().any(|n| {
+    eventually("MODIFIED node-2", &mut follow, |v| {
+        v.nodes.iter().any(|n| {
             n.name == "node-2" && n.addresses == vec![ip("192.168.60.2")] && n.asn == 65002
         })
     })
     .await;
     server.delete("node-3");
-    eventually("DELETED node-3", &registry, |r| {
-        !names(r).contains(&"node-3".into())
+    eventually("DELETED node-3", &mut follow, |v| {
+        !names(v).contains(&"node-3".into())
     })
     .await;
     // This node's podCIDRs change (the Node was re-created with another range).
@@ -217,7 +252,7 @@ async fn lists_then_follows_added_modified_deleted_and_writes_the_pod_cidrs() {
 async fn a_dropped_connection_resumes_from_the_last_bookmark_without_a_list() {
     let server = two_nodes();
     let dir = Dir::new("resume");
-    let registry = start(options(&server, &dir, "node-1")).await.unwrap();
+    let mut follow = Follow::start(options(&server, &dir, "node-1")).await;
     server_request(&server, Request::is_watch).await;
     // A bookmark moves the watcher's resourceVersion past every Node event.
     let bookmark_rv = server.bookmark().to_string();
@@ -234,8 +269,8 @@ async fn a_dropped_connection_resumes_from_the_last_bookmark_without_a_list() {
     server.delete("node-2");
     server.hold_watches(false);
     // The resumed watch delivers what happened meanwhile.
-    eventually("changes during the disconnection", &registry, |r| {
-        names(r) == ["node-1", "node-4"]
+    eventually("changes during the disconnection", &mut follow, |v| {
+        names(v) == ["node-1", "node-4"]
     })
     .await;
     assert_eq!(
@@ -250,7 +285,7 @@ async fn a_dropped_connection_resumes_from_the_last_bookmark_without_a_list() {
 async fn gone_410_forces_a_relist_that_drops_nodes_deleted_meanwhile() {
     let server = two_nodes();
     let dir = Dir::new("gone");
-    let registry = start(options(&server, &dir, "node-1")).await.unwrap();
+    let mut follow = Follow::start(options(&server, &dir, "node-1")).await;
     server_request(&server, Request::is_watch).await;
     // Disconnected while history is compacted: the resume gets 410 and must re-list.
     server.hold_watches(true);
@@ -259,8 +294,8 @@ async fn gone_410_forces_a_relist_that_drops_nodes_deleted_meanwhile() {
     server.delete("node-2");
     server.compact();
     server.hold_watches(false);
-    eventually("re-listed after 410", &registry, |r| {
-        names(r) == ["node-1", "node-5"]
+    eventually("re-listed after 410", &mut follow, |v| {
+        names(v) == ["node-1", "node-5"]
     })
     .await;
     assert_eq!(server.lists(), 2, "one re-list: {:#?}", server.requests());
@@ -280,8 +315,8 @@ async fn gone_410_forces_a_relist_that_drops_nodes_deleted_meanwhile() {
     });
     relisted.await;
     assert_eq!(server.lists(), 3, "{:#?}", server.requests());
-    eventually("re-listed after the 410 event", &registry, |r| {
-        names(r) == ["node-1"]
+    eventually("re-listed after the 410 event", &mut follow, |v| {
+        names(v) == ["node-1"]
     })
     .await;
 }
@@ -290,18 +325,20 @@ async fn gone_410_forces_a_relist_that_drops_nodes_deleted_meanwhile() {
 async fn the_cache_stays_while_the_api_server_is_away() {
     let server = two_nodes();
     let dir = Dir::new("away");
-    let registry = start(options(&server, &dir, "node-2")).await.unwrap();
-    assert!(registry
-        .register(&NodeRecord {
-            name: "node-9".into(),
-            addresses: vec![],
-            asn: 64512
-        })
-        .is_err_and(|e| matches!(e, IpamError::NoSuchNode { .. })));
+    let unknown = start(options(&server, &dir, "node-9")).await;
+    assert!(
+        unknown
+            .as_ref()
+            .is_err_and(|e| matches!(e, RoutedError::NoSuchNode { .. })),
+        "{:?}",
+        unknown.err()
+    );
+    let mut follow = Follow::start(options(&server, &dir, "node-2")).await;
     drop(server);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(names(&registry), ["node-1", "node-2"]);
-    assert_eq!(registry.claims().unwrap().len(), 3);
+    follow.drain(Duration::from_secs(2)).await;
+    assert_eq!(follow.names(), ["node-1", "node-2"]);
+    assert_eq!(follow.latest.claims.len(), 3);
+    assert_eq!(follow.unavailable, 1, "one outage, reported once");
     let file = read_pod_cidrs(&dir.0.join("state"), "node-2")
         .unwrap()
         .unwrap();
@@ -343,9 +380,9 @@ async fn a_cluster_larger_than_one_page_is_listed_in_pages() {
         server.apply(node_json(&format!("node-{n:04}"), &[&address], &[&cidr]));
     }
     let dir = Dir::new("pages");
-    let registry = start(options(&server, &dir, "node-0001")).await.unwrap();
-    assert_eq!(registry.nodes().unwrap().len(), 1100);
-    assert_eq!(registry.claims().unwrap().len(), 1100);
+    let follow = Follow::start(options(&server, &dir, "node-0001")).await;
+    assert_eq!(follow.latest.nodes.len(), 1100);
+    assert_eq!(follow.latest.claims.len(), 1100);
     let pages: Vec<Request> = server
         .requests()
         .into_iter()

@@ -83,12 +83,16 @@ mod policy;
 type Subcommand = fn(std::env::Args) -> Result<()>;
 
 fn main() {
-    // `fjord-bench datapath|bgp|policy ...`: their own modules (conformance/src/bench/).
+    // `fjord-bench datapath|bgp|policy|bfd ...`: their own modules (conformance/src/bench/,
+    // conformance/src/bfd_bench.rs).
     let subcommand = std::env::args().nth(1);
     let other: Option<(&str, Subcommand)> = match subcommand.as_deref() {
         Some("datapath") => Some(("datapath", |args| datapath::main(args.skip(2)))),
         Some("bgp") => Some(("bgp", |args| bgp::main(args.skip(2)))),
         Some("policy") => Some(("policy", |args| policy::main(args.skip(2)))),
+        Some("bfd") => Some(("bfd", |args| {
+            fjord_conformance::bfd_bench::main(args.skip(2))
+        })),
         _ => None,
     };
     if let Some((name, run)) = other {

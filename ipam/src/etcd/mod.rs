@@ -22,16 +22,14 @@
 mod keys;
 mod runtime;
 mod tls;
-mod view;
 
 pub use keys::{block_key, claim_key, node_key, BLOCKS, CLAIMS, NODES, STATUS};
-pub use view::EtcdRegistry;
 
 use crate::allocator::{Claim, Snapshot};
 use crate::block::Block;
 use crate::config::EtcdSpec;
 use crate::error::IpamError;
-use crate::registry::{NodeRecord, Registry};
+use crate::registry::{NodeRecord, NodeView, Registry};
 use crate::store::{Decide, Store};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
@@ -71,13 +69,6 @@ struct Read {
     revision: i64,
     snapshot: Snapshot,
     mod_revisions: HashMap<IpNetwork, i64>,
-}
-
-/// Every registered node and every claim, read at one revision.
-#[derive(Clone, Debug, Default)]
-pub struct Listing {
-    pub nodes: Vec<NodeRecord>,
-    pub claims: Vec<Claim>,
 }
 
 impl EtcdStore {
@@ -203,7 +194,7 @@ impl EtcdStore {
     }
 
     /// Every node and claim in one read-only transaction.
-    pub fn listing(&self) -> Result<Listing, IpamError> {
+    pub fn listing(&self) -> Result<NodeView, IpamError> {
         let response = self.request_retrying(listing_txn)?;
         parse_listing(&response)
     }
@@ -249,8 +240,8 @@ impl Store for EtcdStore {
     }
 }
 
-/// The blocking registry calls; `fjord-routed` uses [`EtcdRegistry`], which serves the
-/// reads from a view refreshed in the background so its event loop never waits on etcd.
+/// The blocking registry calls. `fjord-routed` polls [`Registry::view`] from a blocking
+/// thread, never from its event loop, so a hung etcd delays only the next poll.
 impl Registry for EtcdStore {
     fn register(&self, node: &NodeRecord) -> Result<(), IpamError> {
         let key = keys::node_key(&node.name);
@@ -273,6 +264,15 @@ impl Registry for EtcdStore {
 
     fn claims(&self) -> Result<Vec<Claim>, IpamError> {
         Ok(self.listing()?.claims)
+    }
+
+    /// One request bounded by [`REQUEST_TIMEOUT`], not retried: an etcd that went away
+    /// is reported by the next poll, not after [`UNAVAILABLE_BUDGET`].
+    fn view(&self) -> Result<NodeView, IpamError> {
+        let response = self
+            .request(listing_txn(), REQUEST_TIMEOUT)
+            .map_err(|reason| self.unavailable(reason))?;
+        parse_listing(&response)
     }
 }
 
@@ -333,7 +333,7 @@ fn listing_txn() -> Txn {
     ])
 }
 
-fn parse_listing(response: &TxnResponse) -> Result<Listing, IpamError> {
+fn parse_listing(response: &TxnResponse) -> Result<NodeView, IpamError> {
     let mut ranges = ranges(response).into_iter();
     let mut nodes = Vec::new();
     for kv in ranges.next().unwrap_or_default() {
@@ -342,7 +342,7 @@ fn parse_listing(response: &TxnResponse) -> Result<Listing, IpamError> {
     }
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let claims = parse_claims(&ranges.next().unwrap_or_default())?;
-    Ok(Listing { nodes, claims })
+    Ok(NodeView { nodes, claims })
 }
 
 /// The key-values of each range read in a transaction, in order.

@@ -47,11 +47,6 @@ impl Background {
             .recv()
             .expect("the etcd runtime thread runs as long as the store exists")
     }
-
-    /// Starts `work` on the runtime thread without waiting for it.
-    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
-        self.handle.spawn(work);
-    }
 }
 
 impl Drop for Background {

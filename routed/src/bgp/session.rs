@@ -760,7 +760,7 @@ impl Peer {
     fn export(&self, mut route: Route) -> Route {
         route.prefix = adj_rib_out::canonical(route.prefix);
         if self.fsm_cfg.ibgp() {
-            route.local_pref = route.local_pref.or(Some(crate::rib::DEFAULT_LOCAL_PREF));
+            route.local_pref = route.local_pref.or(Some(wire::DEFAULT_LOCAL_PREF));
         } else {
             route.as_path.insert(0, self.cfg.local_asn);
             route.local_pref = None;

@@ -22,6 +22,10 @@ pub const HEADER_LEN: usize = 19;
 /// RFC 6793: the 2-octet "My AS" of a speaker whose AS number does not fit.
 pub const AS_TRANS: u16 = 23456;
 pub const BGP_PORT: u16 = 179;
+/// LOCAL_PREF of a route that carries none (eBGP routes, our own blocks): RFC 4271
+/// 5.1.5 requires the attribute on iBGP and leaves its value to the operator; 100 is
+/// what BIRD, FRR and Cisco assume.
+pub const DEFAULT_LOCAL_PREF: u32 = 100;
 
 const TYPE_OPEN: u8 = 1;
 const TYPE_UPDATE: u8 = 2;

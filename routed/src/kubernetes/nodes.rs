@@ -1,13 +1,15 @@
 //! Node objects as the daemon needs them, and the cache the watcher keeps. Pure: no
 //! client, no I/O.
 
+use crate::error::RoutedError;
 use fjord_ipam::allocator::Claim;
 use fjord_ipam::kubernetes::parse_pod_cidr;
-use fjord_ipam::registry::NodeRecord;
+use fjord_ipam::registry::{NodeRecord, NodeView};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use tracing::warn;
 
 /// A Node annotation giving the node's BGP AS when nodes do not all share the daemon's
 /// `--asn` (e.g. one AS per rack). It must equal that node's own `--asn`.
@@ -148,6 +150,14 @@ impl NodeCache {
             .collect()
     }
 
+    /// What the node core reads: the records and the claims.
+    pub fn view(&self) -> NodeView {
+        NodeView {
+            nodes: self.records(),
+            claims: self.claims(),
+        }
+    }
+
     /// Each node's podCIDRs as its block claims.
     pub fn claims(&self) -> Vec<Claim> {
         self.nodes
@@ -160,6 +170,25 @@ impl NodeCache {
             })
             .collect()
     }
+}
+
+/// Kubelet owns Node objects: "registering" this node is finding its Node, and warning
+/// when `--node-address` is none of its InternalIPs (the others peer with those).
+pub fn check_own_node(
+    cache: &NodeCache,
+    node: &str,
+    addresses: &[IpAddr],
+) -> Result<(), RoutedError> {
+    let Some(found) = cache.get(node) else {
+        return Err(RoutedError::NoSuchNode { node: node.into() });
+    };
+    if !addresses.iter().any(|a| found.addresses.contains(a)) {
+        let given: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        let internal: Vec<String> = found.addresses.iter().map(ToString::to_string).collect();
+        warn!(%node, node_address = %given.join(", "), internal_ips = %internal.join(", "),
+            "--node-address is none of the Node's InternalIPs: the other nodes will peer with the InternalIP");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

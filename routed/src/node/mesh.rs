@@ -1,7 +1,7 @@
 //! Who to peer with: every other registered node (the iBGP full mesh) plus the extra
 //! peers given on the command line. Pure, so the daemon only applies differences.
 
-use crate::config::Settings;
+use super::NodeConfig;
 use fjord_ipam::allocator::Claim;
 use fjord_ipam::registry::NodeRecord;
 use ipnetwork::IpNetwork;
@@ -16,6 +16,15 @@ pub enum PeerKind {
     External,
 }
 
+impl std::fmt::Display for PeerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerKind::Mesh { node } => write!(f, "mesh node {node}"),
+            PeerKind::External => f.write_str("configured peer"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredPeer {
     pub address: IpAddr,
@@ -25,7 +34,7 @@ pub struct DesiredPeer {
 
 /// The peers this node should have, keyed by address. One session per node, over its
 /// IPv4 address; IPv6 routes ride on it (multiprotocol BGP) with IPv6 next hops.
-pub fn desired_peers(settings: &Settings, nodes: &[NodeRecord]) -> BTreeMap<IpAddr, DesiredPeer> {
+pub fn desired_peers(settings: &NodeConfig, nodes: &[NodeRecord]) -> BTreeMap<IpAddr, DesiredPeer> {
     let mut peers = BTreeMap::new();
     if settings.mesh {
         for node in nodes.iter().filter(|n| n.name != settings.node_name) {
@@ -99,23 +108,19 @@ mod tests {
     use crate::config::ExtraPeer;
     use std::time::Duration;
 
-    fn settings(mesh: bool, peers: Vec<ExtraPeer>) -> Settings {
-        Settings {
+    fn settings(mesh: bool, peers: Vec<ExtraPeer>) -> NodeConfig {
+        NodeConfig {
             node_name: "n1".into(),
             addresses: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
             router_id: "10.0.0.1".parse().unwrap(),
             asn: 64512,
-            store: "dir:/tmp/x".parse().unwrap(),
-            kubeconfig: None,
             peers,
             mesh,
             encapsulation: crate::config::Encapsulation::CrossSubnet,
             listen_port: 179,
-            socket: "/tmp/s".into(),
             hold_time: 30,
             graceful_restart_time: 30,
             connect_retry: Duration::from_secs(1),
-            mtu_file: "/tmp/mtu".into(),
         }
     }
 
