@@ -136,7 +136,7 @@ impl EtcdStore {
                 Err(reason) => reason,
             };
             let first = first.get_or_insert_with(|| reason.clone());
-            if started.elapsed() + RETRY_PAUSE * 2 >= UNAVAILABLE_BUDGET {
+            if started.elapsed() + RETRY_PAUSE >= UNAVAILABLE_BUDGET {
                 let then = if reason == *first {
                     String::new()
                 } else {
