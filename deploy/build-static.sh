@@ -2,7 +2,10 @@
 # Builds fjord, fjord-ipam and fjord-routed as static executables (glibc, crt-static) and
 # proves they are static: `file` must say "statically linked" (or "static-pie linked") and
 # `ldd` must find no dynamic section. The Containerfile runs the same build; this script
-# checks it on a machine without Docker.
+# checks it on a machine without a container engine. Unlike the Containerfile's build
+# stage, it uses the host's toolchain and packages: the etcd client's build script needs
+# protoc and the protobuf well-known types (Debian: protobuf-compiler libprotobuf-dev).
+# conformance/tests/image.rs builds the image itself from a clean builder.
 #
 #   deploy/build-static.sh [OUT_DIR]    # copies the three binaries to OUT_DIR if given
 #
@@ -14,9 +17,9 @@ cd "$(dirname "$0")/.."
 TARGET=x86_64-unknown-linux-gnu
 BINARIES=(fjord fjord-ipam fjord-routed)
 
-for cmd in cargo file ldd; do
+for cmd in cargo file ldd protoc; do
     command -v "$cmd" >/dev/null 2>&1 || {
-        echo "build-static.sh: $cmd is not on PATH (Debian: apt-get install file libc-bin)" >&2
+        echo "build-static.sh: $cmd is not on PATH (Debian: apt-get install file libc-bin protobuf-compiler libprotobuf-dev)" >&2
         exit 1
     }
 done

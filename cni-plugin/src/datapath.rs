@@ -1,4 +1,4 @@
-//! The pod datapath of DESIGN.md (Calico's model): a veth pair, /32 and /128 pod
+//! The pod datapath of ARCHITECTURE.md (Calico's model): a veth pair, /32 and /128 pod
 //! addresses, a link-local gateway pinned by a permanent neighbour entry, one host route
 //! per pod address.
 
@@ -208,8 +208,9 @@ fn configure_pod(
 
 /// Removes what must be gone before DEL returns (the host routes; the link stops
 /// carrying traffic) and hands the slow part, destroying the pair, to a detached child:
-/// unregistering a device waits for RCU grace periods (notes/datapath.md). The pair also
-/// dies with the pod's namespace, which runtimes delete right after DEL.
+/// unregistering a device waits for RCU grace periods (docs/testing.md, "Where ADD and
+/// DEL spend their time"). The pair also dies with the pod's namespace, which runtimes
+/// delete right after DEL.
 pub fn teardown(att: &Attachment, addresses: &[IpAddr]) -> Result<(), Vec<PluginError>> {
     let name = att.host_name();
     let mut errors = Vec::new();

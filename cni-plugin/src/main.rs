@@ -1,4 +1,4 @@
-//! `fjord`: the CNI plugin. Gives a pod a routed veth interface (DESIGN.md, "The pod
+//! `fjord`: the CNI plugin. Gives a pod a routed veth interface (ARCHITECTURE.md, "The pod
 //! datapath") with addresses from fjord-ipam or any delegated IPAM plugin.
 
 mod config;

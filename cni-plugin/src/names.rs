@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-/// Host-end veth name prefix (DESIGN.md): `fj` + 11 hex characters = 13 bytes.
+/// Host-end veth name prefix (ARCHITECTURE.md): `fj` + 11 hex characters = 13 bytes.
 pub const HOST_PREFIX: &str = "fj";
 
 fn digest(container_id: &str, ifname: &str) -> [u8; 32] {

@@ -21,6 +21,11 @@
 #                                 real etcd members
 #   protobuf-compiler             protoc, which the etcd-client crate's build script runs
 #   libprotobuf-dev               google/protobuf/*.proto, which that protoc run imports
+#   openssl                       tests/etcd.rs makes the certificates of its TLS members
+#   iptables                      the reference portmap plugin (hostPort, tests/podman.rs)
+#                                 programs its rules with it, in the test's node namespace
+#   debootstrap                   builder-image.sh makes the stand-in of the image's build
+#                                 stage with it (tests/image.rs, docs/testing.md)
 #
 # And from PyPI, in its own venv (/opt/fjord-test-venv, or $FJORD_TEST_VENV):
 #   kubernetes-validate           checks deploy/*.yaml offline against the Kubernetes
@@ -30,7 +35,7 @@ set -euo pipefail
 PACKAGES=(
     iproute2 util-linux iputils-ping containernetworking-plugins
     podman runc conmon busybox-static iperf3 procps python3 python3-venv
-    etcd-server protobuf-compiler libprotobuf-dev nftables
+    etcd-server protobuf-compiler libprotobuf-dev nftables openssl iptables debootstrap
 )
 KUBERNETES_VALIDATE_VERSION=1.37.0
 TEST_VENV=${FJORD_TEST_VENV:-/opt/fjord-test-venv}
@@ -69,9 +74,10 @@ fi
 # provide what a test expects (a renamed file, a diverted binary).
 required=(
     /usr/lib/cni/ptp /usr/lib/cni/host-local /usr/lib/cni/loopback
+    /usr/lib/cni/portmap /usr/lib/cni/bandwidth
     /bin/busybox "$TEST_VENV/bin/kubernetes-validate" "$TEST_VENV/bin/python"
 )
-commands=(ip nsenter setpriv ping podman runc conmon iperf3 etcd protoc)
+commands=(ip nsenter setpriv ping podman runc conmon iperf3 etcd protoc openssl iptables debootstrap)
 problems=()
 for path in "${required[@]}"; do
     [ -x "$path" ] || problems+=("$path is missing")

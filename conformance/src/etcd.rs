@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 pub const ETCD_BINARY: &str = "etcd";
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
+/// Where a TLS member serves /health and /metrics in plain HTTP (`--listen-metrics-urls`),
+/// so the tests can watch it without a client certificate.
+pub const METRICS_PORT: u16 = 2381;
 /// How long a fresh or restarted cluster may take to elect a leader and answer.
 pub const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
 
@@ -37,12 +40,143 @@ pub struct EtcdCluster {
     initial_cluster: String,
     token: String,
     root: PathBuf,
+    tls: Option<ServerTls>,
+}
+
+/// A member's TLS files: its server certificate and key, and the CA its clients'
+/// certificates must be signed by (`--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: PathBuf,
+}
+
+/// Certificates made with `openssl` for one test: a CA, a server certificate for the
+/// given addresses, a client certificate, and a second, unrelated CA (the wrong one).
+pub struct TestPki {
+    pub dir: PathBuf,
+}
+
+impl TestPki {
+    /// Makes the certificates in `dir` (which must exist). Panics naming the command when
+    /// openssl fails or is missing.
+    pub fn make(dir: &Path, server_addresses: &[Ipv4Addr]) -> TestPki {
+        let pki = TestPki {
+            dir: dir.to_path_buf(),
+        };
+        for ca in ["ca", "wrong-ca"] {
+            pki.openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=fjord test {ca}"),
+                "-keyout",
+                &pki.path_str(&format!("{ca}.key")),
+                "-out",
+                &pki.path_str(&format!("{ca}.crt")),
+            ]);
+        }
+        let sans: Vec<String> = server_addresses.iter().map(|a| format!("IP:{a}")).collect();
+        pki.signed(
+            "server",
+            &format!(
+                "subjectAltName={}\nextendedKeyUsage=serverAuth",
+                sans.join(",")
+            ),
+        );
+        pki.signed("client", "extendedKeyUsage=clientAuth");
+        pki
+    }
+
+    /// A key and a certificate signed by `ca.key` with the extensions `ext`.
+    fn signed(&self, name: &str, ext: &str) {
+        let ext_file = self.dir.join(format!("{name}.ext"));
+        std::fs::write(&ext_file, format!("{ext}\n")).expect("write the extensions file");
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN=fjord test {name}"),
+            "-keyout",
+            &self.path_str(&format!("{name}.key")),
+            "-out",
+            &self.path_str(&format!("{name}.csr")),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-CA",
+            &self.path_str("ca.crt"),
+            "-CAkey",
+            &self.path_str("ca.key"),
+            "-CAcreateserial",
+            "-in",
+            &self.path_str(&format!("{name}.csr")),
+            "-extfile",
+            &ext_file.display().to_string(),
+            "-out",
+            &self.path_str(&format!("{name}.crt")),
+        ]);
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl (Debian package openssl): {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn path_str(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    /// What a member serves with: the server pair, clients checked against `ca.crt`.
+    pub fn server(&self) -> ServerTls {
+        ServerTls {
+            cert_file: self.path("server.crt"),
+            key_file: self.path("server.key"),
+            client_ca_file: self.path("ca.crt"),
+        }
+    }
 }
 
 impl EtcdCluster {
     /// Starts one member in each of the lab's hosts `hosts` and waits until the cluster
     /// is healthy. Panics naming the package when `etcd` is missing.
     pub fn start(lab: &Lab, hosts: &[usize]) -> EtcdCluster {
+        EtcdCluster::start_with(lab, hosts, None)
+    }
+
+    /// As [`EtcdCluster::start`], with `https://` client URLs served with `tls` and client
+    /// certificates required (`--client-cert-auth`), as real clusters run.
+    pub fn start_tls(lab: &Lab, hosts: &[usize], tls: ServerTls) -> EtcdCluster {
+        EtcdCluster::start_with(lab, hosts, Some(tls))
+    }
+
+    fn start_with(lab: &Lab, hosts: &[usize], tls: Option<ServerTls>) -> EtcdCluster {
         assert!(
             Command::new(ETCD_BINARY).arg("--version").output().is_ok(),
             "`etcd` is not on PATH: install Debian's etcd-server (conformance/scripts/install-test-deps.sh)"
@@ -74,6 +208,7 @@ impl EtcdCluster {
             initial_cluster,
             token,
             root,
+            tls,
         };
         for k in 0..cluster.members.len() {
             cluster.start_member(k);
@@ -82,12 +217,15 @@ impl EtcdCluster {
         cluster
     }
 
-    /// `http://A:2379` of every member, killed ones included (as an operator lists them).
+    /// `http://A:2379` (`https://` with TLS) of every member, killed ones included (as
+    /// an operator lists them).
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://{}:{CLIENT_PORT}", m.address))
-            .collect()
+        self.members.iter().map(|m| self.client_url(m)).collect()
+    }
+
+    fn client_url(&self, m: &Member) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", m.address)
     }
 
     /// `etcd:URL,URL,…`, what `store` and `--store` take.
@@ -113,7 +251,7 @@ impl EtcdCluster {
             "etcd member {} is already running",
             m.name
         );
-        let client = format!("http://{}:{CLIENT_PORT}", m.address);
+        let client = self.client_url(m);
         let peer = format!("http://{}:{PEER_PORT}", m.address);
         let log = OpenOptions::new()
             .create(true)
@@ -132,8 +270,19 @@ impl EtcdCluster {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
             // Lab timers: a dead leader is replaced within about a second.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .stdin(Stdio::null())
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"]);
+        if let Some(tls) = &self.tls {
+            let metrics = format!("http://{}:{METRICS_PORT}", m.address);
+            cmd.arg("--cert-file")
+                .arg(&tls.cert_file)
+                .arg("--key-file")
+                .arg(&tls.key_file)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca_file)
+                .arg("--client-cert-auth")
+                .args(["--listen-metrics-urls", &metrics]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file"))
             .stderr(log);
         let child = crate::lab::spawn_in_netns_path(&m.netns, &mut cmd);
@@ -199,10 +348,16 @@ impl EtcdCluster {
             })
     }
 
-    /// A plain HTTP/1.0 GET to member `k`'s client port, from inside its namespace.
+    /// A plain HTTP/1.0 GET to member `k`'s client port (its metrics port with TLS),
+    /// from inside its namespace.
     pub fn http_get(&self, k: usize, path: &str) -> Result<String, String> {
         let m = &self.members[k];
-        let address = SocketAddr::from((m.address, CLIENT_PORT));
+        let port = if self.tls.is_some() {
+            METRICS_PORT
+        } else {
+            CLIENT_PORT
+        };
+        let address = SocketAddr::from((m.address, port));
         in_netns(&m.netns, || {
             let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))
                 .map_err(|e| format!("connect {address}: {e}"))?;

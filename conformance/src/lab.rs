@@ -53,7 +53,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The cluster pools every lab node's IPAM uses (DESIGN.md's example conflist).
+/// The cluster pools every lab node's IPAM uses (ARCHITECTURE.md's conflist).
 pub const LAB_POOL_V4: &str = "10.244.0.0/16";
 pub const LAB_POOL_V6: &str = "fd00:244::/56";
 /// The iBGP AS of the node mesh (`fjord-routed`'s default).

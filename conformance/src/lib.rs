@@ -20,6 +20,7 @@ pub mod names;
 pub mod netns;
 pub mod peers;
 pub mod plugin;
+pub mod podman;
 pub mod reach;
 pub mod store;
 pub mod tempdir;

@@ -42,7 +42,7 @@ pub fn unique_container_id() -> String {
 }
 
 /// The fjord plugin's host-end veth name: `fj` + the first 11 hex characters of
-/// sha256(containerID + ifname) (DESIGN.md, "The pod datapath").
+/// sha256(containerID + ifname) (ARCHITECTURE.md, "The pod datapath").
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     let mut h = Sha256::new();
     h.update(container_id.as_bytes());

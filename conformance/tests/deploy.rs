@@ -37,6 +37,12 @@ const OTHER_FILES: [&str; 3] = [
     "build-static.sh",
 ];
 const ROUTED_CAPABILITIES: [&str; 3] = ["NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"];
+/// The name the DaemonSet installs the conflist under (routed/src/install.rs says why).
+const CONFLIST_NAME: &str = "01-fjord.conflist";
+/// The reference plugins the conflists chain after fjord; a kubeadm node has them in
+/// /opt/cni/bin, this machine in /usr/lib/cni (containernetworking-plugins).
+const CHAINED_PLUGINS: [&str; 2] = ["portmap", "bandwidth"];
+const REFERENCE_PLUGIN_DIR: &str = "/usr/lib/cni";
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -439,6 +445,19 @@ impl InstalledNode {
     fn with_store(template: &str, store: impl FnOnce(&Path) -> String) -> InstalledNode {
         let dir = TempDir::new("i");
         std::fs::write(dir.join("template.conflist"), template).unwrap();
+        // The node's own reference plugins, as kubeadm's kubernetes-cni package puts them.
+        let bin = dir.join("opt/cni/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for plugin in CHAINED_PLUGINS {
+            let source = Path::new(REFERENCE_PLUGIN_DIR).join(plugin);
+            assert!(
+                source.is_file(),
+                "{} is missing: conformance/scripts/install-test-deps.sh installs \
+                 containernetworking-plugins",
+                source.display()
+            );
+            std::os::unix::fs::symlink(&source, bin.join(plugin)).unwrap();
+        }
         let store = store(dir.path());
         let node = Netns::new("n");
         InstalledNode {
@@ -464,6 +483,11 @@ impl InstalledNode {
 
     /// Runs the installer with the settings the DaemonSet gives it (env, not flags).
     fn install(&self) -> Output {
+        self.install_with(&[])
+    }
+
+    /// The installer with more variables (FJORD_CNI_EXCLUSIVE).
+    fn install_with(&self, extra: &[(&str, &str)]) -> Output {
         run(Command::new(fjord_bin("fjord-routed"))
             .arg("install-cni")
             .env("FJORD_NODE_NAME", &self.node_name)
@@ -475,7 +499,8 @@ impl InstalledNode {
                 "FJORD_CNI_CONFLIST_TEMPLATE",
                 self.dir.join("template.conflist"),
             )
-            .env("FJORD_CNI_CONFLIST_NAME", "10-fjord.conflist"))
+            .env("FJORD_CNI_CONFLIST_NAME", CONFLIST_NAME)
+            .envs(extra.iter().copied()))
     }
 
     /// The conflist exactly as the template says, with the two placeholders filled.
@@ -489,7 +514,7 @@ impl InstalledNode {
     /// object with the list's `cniVersion` and `name`). The two host paths outside the
     /// store, the log and the MTU file, point into the test's directory.
     fn plugin_config(&self) -> Value {
-        let text = std::fs::read_to_string(self.conf_dir().join("10-fjord.conflist")).unwrap();
+        let text = std::fs::read_to_string(self.conf_dir().join(CONFLIST_NAME)).unwrap();
         let list: Value = serde_json::from_str(&text).expect("the installed conflist is JSON");
         let mut conf = list["plugins"]
             .as_array()
@@ -534,7 +559,7 @@ fn the_installer_writes_the_configmaps_conflist_byte_for_byte() {
         let mode = std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o755, "{name}");
     }
-    let conflist = std::fs::read_to_string(node.conf_dir().join("10-fjord.conflist")).unwrap();
+    let conflist = std::fs::read_to_string(node.conf_dir().join(CONFLIST_NAME)).unwrap();
     assert_eq!(conflist, node.expected_conflist());
     // docs/kubernetes.md's plugin config: the kubernetes store, this node, no pools.
     assert_eq!(
@@ -562,6 +587,125 @@ fn the_installer_writes_the_configmaps_conflist_byte_for_byte() {
         "{}",
         text(&again)
     );
+}
+
+/// The configs a node migrating from another network has in /etc/cni/net.d; every one
+/// sorts before `10-fjord.conflist`, the name of earlier releases.
+const OTHER_NETWORKS: [&str; 3] = [
+    "10-calico.conflist",
+    "10-flannel.conflist",
+    "10-containerd-net.conflist",
+];
+
+fn network_configs_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !n.starts_with('.')
+                && [".conf", ".conflist", ".json"]
+                    .iter()
+                    .any(|x| n.ends_with(x))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn migrating_from_another_network_the_installed_conflist_is_the_one_a_runtime_uses() {
+    let docs = manifest();
+    let install = container(pod_spec(&docs), "initContainers", "install-cni");
+    assert_eq!(
+        env(install, "FJORD_CNI_CONFLIST_NAME")["value"],
+        CONFLIST_NAME
+    );
+    let exclusive = &env(install, "FJORD_CNI_EXCLUSIVE")["valueFrom"]["configMapKeyRef"];
+    assert_eq!(exclusive["key"], "cni_exclusive");
+    assert_eq!(config_data(&docs, "cni_exclusive"), "true");
+    for other in OTHER_NETWORKS.iter().chain(&["05-cilium.conflist"]) {
+        assert!(
+            CONFLIST_NAME < *other,
+            "{other} sorts before {CONFLIST_NAME}"
+        );
+    }
+
+    let template = config_data(&docs, "cni_network_config");
+    let store = config_data(&docs, "store");
+    let node = InstalledNode::with_store(&template, |_| store);
+    std::fs::create_dir_all(node.conf_dir()).unwrap();
+    for name in OTHER_NETWORKS {
+        std::fs::write(
+            node.conf_dir().join(name),
+            format!("{{\"name\": \"{name}\"}}"),
+        )
+        .unwrap();
+    }
+    let out = node.install_with(&[("FJORD_CNI_EXCLUSIVE", "true")]);
+    assert!(out.status.success(), "{}", text(&out));
+    // A runtime takes the first network config by name: now the only one is Fjord's.
+    assert_eq!(network_configs_in(&node.conf_dir()), [CONFLIST_NAME]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in OTHER_NETWORKS {
+        let aside = node.conf_dir().join(format!("{name}.fjord-disabled"));
+        assert_eq!(
+            std::fs::read_to_string(&aside).unwrap(),
+            format!("{{\"name\": \"{name}\"}}"),
+            "{name} was not kept as {}",
+            aside.display()
+        );
+        assert!(
+            stdout.contains(&format!(
+                "moved aside {}",
+                node.conf_dir().join(name).display()
+            )),
+            "no log line for {name}: {}",
+            text(&out)
+        );
+    }
+
+    // The ConfigMap's "false": the others stay, and the installer warns about each.
+    let store = config_data(&docs, "store");
+    let kept = InstalledNode::with_store(&template, |_| store);
+    std::fs::create_dir_all(kept.conf_dir()).unwrap();
+    std::fs::write(kept.conf_dir().join("00-multus.conf"), b"{}").unwrap();
+    let out = kept.install_with(&[("FJORD_CNI_EXCLUSIVE", "false")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        network_configs_in(&kept.conf_dir()),
+        ["00-multus.conf", CONFLIST_NAME]
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning: 00-multus.conf sorts before"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_conflists_chain_portmap_and_bandwidth_with_their_capabilities() {
+    // What Calico's and Flannel's conflists chain: hostPort (portMappings) and the
+    // bandwidth annotations reach the plugins only through declared capabilities.
+    let want = json!([
+        {"type": "portmap", "snat": true, "capabilities": {"portMappings": true}},
+        {"type": "bandwidth", "capabilities": {"bandwidth": true}},
+    ]);
+    let mut conflists = vec![(
+        "the ConfigMap's cni_network_config".to_string(),
+        config_data(&manifest(), "cni_network_config"),
+    )];
+    for path in deploy_files(".conflist") {
+        conflists.push((
+            path.display().to_string(),
+            std::fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    for (what, text) in conflists {
+        let list: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let plugins = list["plugins"].as_array().expect("plugins");
+        assert_eq!(plugins[0]["type"], "fjord", "{what}");
+        assert_eq!(json!(plugins[1..]), want, "{what}");
+    }
 }
 
 /// The test Node's `spec.podCIDRs`, as a controller manager with
@@ -690,7 +834,7 @@ fn the_installed_fjord_takes_pod_addresses_from_the_pod_cidrs_fjord_routed_wrote
 
 #[test]
 fn the_standalone_conflist_is_one_fjord_accepts() {
-    // deploy/10-fjord.conflist is for nodes set up by hand; as the template has no
+    // deploy/01-fjord.conflist is for nodes set up by hand; as the template has no
     // placeholders, the installer copies it unchanged, and fjord must take it. It names
     // its store and leaves the node name to the host name, so the installer (which
     // refuses a conflist that disagrees with the daemon) gets those.
@@ -706,12 +850,17 @@ fn the_standalone_conflist_is_one_fjord_accepts() {
         node.node_name = host_name.trim().to_string();
         let out = node.install();
         assert!(out.status.success(), "{}: {}", path.display(), text(&out));
-        let installed = std::fs::read_to_string(node.conf_dir().join("10-fjord.conflist")).unwrap();
+        let installed = std::fs::read_to_string(node.conf_dir().join(CONFLIST_NAME)).unwrap();
         assert_eq!(installed, template, "{}", path.display());
         let pod = Pod::new();
         let mut call = node.call("ADD", &pod);
         let mut conf = node.plugin_config();
-        // Its store is the host's /var/lib/fjord/ipam: the test's own directory instead.
+        // Its store is a shared etcd cluster (docs/etcd-store.md): the test's own
+        // directory instead, without the etcd TLS files.
+        let ipam = conf["ipam"].as_object_mut().unwrap();
+        for key in ["etcdCACertFile", "etcdCertFile", "etcdKeyFile"] {
+            ipam.remove(key);
+        }
         conf["ipam"]["store"] = json!(format!("dir:{}", node.dir.join("ipam").display()));
         conf["ipam"]["nodeName"] = json!(node.node.name());
         call.stdin = serde_json::to_vec(&conf).unwrap();
@@ -739,7 +888,9 @@ fn the_installer_refuses_a_broken_template_and_installs_nothing() {
         "{}",
         text(&out)
     );
-    assert!(!node.bin_dir().exists() && !node.conf_dir().exists());
+    // The bin dir holds only the node's own reference plugins, as before.
+    assert!(!node.bin_dir().join("fjord").exists() && !node.bin_dir().join("fjord-ipam").exists());
+    assert!(!node.conf_dir().exists());
 }
 
 /// Capability numbers (linux/capability.h) of the ones the DaemonSet may add.
@@ -903,8 +1054,8 @@ fn the_daemon_does_its_work_with_only_the_capabilities_the_daemonset_gives_it() 
 
 #[test]
 fn the_image_holds_what_the_manifest_runs() {
-    // No container engine builds here; what can be checked is that the Containerfile
-    // makes the layout the DaemonSet expects, the way deploy/build-static.sh proves static.
+    // The text of the Containerfile against the DaemonSet; tests/image.rs builds it and
+    // checks the image itself.
     let containerfile = std::fs::read_to_string(deploy_dir().join("Containerfile")).unwrap();
     let script = std::fs::read_to_string(deploy_dir().join("build-static.sh")).unwrap();
     for needle in [

@@ -12,9 +12,13 @@
 //!   without restarting anything;
 //! - a three-node lab with `fjord-routed --store etcd:` gives full pod-to-pod
 //!   reachability, keeps its routes while etcd is down, and after etcd returns routes a
-//!   block claimed then.
+//!   block claimed then;
+//! - `https://` with client certificates (made by openssl here; etcd with
+//!   `--client-cert-auth`): two daemons mesh and pods on both nodes reach each other; a
+//!   wrong CA or a missing client certificate fails the plugin's ADD with code 11 naming
+//!   the cause, and the daemon's start.
 
-use fjord_conformance::etcd::EtcdCluster;
+use fjord_conformance::etcd::{EtcdCluster, TestPki};
 use fjord_conformance::lab::{Lab, LabPod, LabSpec, LAB_POOL_V4, LAB_POOL_V6};
 use fjord_conformance::plugin::{result_ipv4, result_ipv6};
 use fjord_conformance::{fjord_bin, host_veth_name, unique_container_id, PluginCall, Pod};
@@ -69,7 +73,11 @@ fn ipam_call(lab: &Lab, i: usize, store: &str, command: &str, container_id: &str
 fn recorded(cluster: &EtcdCluster, k: usize, nodes: &[String]) -> BTreeSet<(String, IpAddr)> {
     let endpoints = cluster.endpoints();
     cluster.in_member_netns(k, || {
-        let store = EtcdStore::open(&endpoints).expect("open the store");
+        let spec = fjord_ipam::EtcdSpec {
+            endpoints,
+            tls: None,
+        };
+        let store = EtcdStore::open(&spec).expect("open the store");
         let mut all = BTreeSet::new();
         for node in nodes {
             for block in store.snapshot(node).expect("read the store").own {
@@ -391,4 +399,187 @@ fn three_node_lab_on_etcd_reaches_every_pod_and_rides_out_an_etcd_outage() {
     for d in &mut daemons {
         d.assert_running();
     }
+}
+
+/// A two-node lab on an `https://` etcd member that requires client certificates, with
+/// certificates made by openssl for this test.
+struct TlsSetup {
+    lab: Lab,
+    cluster: EtcdCluster,
+    pki: TestPki,
+}
+
+impl TlsSetup {
+    fn new() -> TlsSetup {
+        let mut lab = lab_with_hosts(2, 1);
+        let pki_dir = lab.dir().join("pki");
+        std::fs::create_dir_all(&pki_dir).unwrap();
+        let pki = TestPki::make(&pki_dir, &[lab.host(0).address_v4()]);
+        let cluster = EtcdCluster::start_tls(&lab, &[0], pki.server());
+        lab.use_store(cluster.store_arg());
+        assert!(cluster.store_arg().starts_with("etcd:https://"));
+        TlsSetup { lab, cluster, pki }
+    }
+
+    /// The daemon's flags for the CA `ca` and, when `client`, the client certificate.
+    fn routed_flags(&self, ca: &str, client: bool) -> Vec<String> {
+        let mut flags = vec![
+            "--etcd-ca-cert-file".to_string(),
+            self.pki.path(ca).display().to_string(),
+        ];
+        if client {
+            for (flag, file) in [
+                ("--etcd-cert-file", "client.crt"),
+                ("--etcd-key-file", "client.key"),
+            ] {
+                flags.push(flag.into());
+                flags.push(self.pki.path(file).display().to_string());
+            }
+        }
+        flags.extend(TIMERS.iter().map(|s| s.to_string()));
+        flags
+    }
+
+    /// The lab's plugin config for node `i` with the conflist's TLS keys.
+    fn cni_config(&self, i: usize, ca: &str, client: bool) -> Value {
+        let mut conf = self.lab.cni_config(i);
+        conf["ipam"]["etcdCACertFile"] = json!(self.pki.path(ca));
+        if client {
+            conf["ipam"]["etcdCertFile"] = json!(self.pki.path("client.crt"));
+            conf["ipam"]["etcdKeyFile"] = json!(self.pki.path("client.key"));
+        }
+        conf
+    }
+
+    fn add_pod(&self, i: usize) -> LabPod {
+        let pod = Pod::new();
+        let result = self
+            .lab
+            .plugin_command("ADD", &pod, &self.cni_config(i, "ca.crt", true))
+            .run_in(self.lab.node(i).netns())
+            .expect_ok();
+        LabPod {
+            pod,
+            node: i,
+            ipv4: result_ipv4(&result).ip(),
+            ipv6: result_ipv6(&result).ip(),
+            result,
+        }
+    }
+
+    fn del_pod(&self, pod: &LabPod) {
+        self.lab
+            .plugin_command("DEL", &pod.pod, &self.cni_config(pod.node, "ca.crt", true))
+            .run_in(self.lab.node(pod.node).netns())
+            .expect_ok();
+    }
+}
+
+#[test]
+fn https_etcd_with_client_certificates_serves_the_daemons_and_the_plugin() {
+    let setup = TlsSetup::new();
+    let lab = &setup.lab;
+    let flags = setup.routed_flags("ca.crt", true);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let _daemons: Vec<_> = (0..2).map(|i| lab.start_routed(i, &flags)).collect();
+    for i in 0..2 {
+        lab.wait_established(i, &lab.mesh_peers_of(i), ROUTES_WITHIN);
+    }
+    let pods: Vec<_> = (0..2).map(|i| setup.add_pod(i)).collect();
+    wait_pod_routes(lab, &pods);
+    assert_pods_reach_each_other(&pods);
+
+    // The records are in etcd, read back over TLS with the same files.
+    let nodes: Vec<String> = (0..2).map(|i| lab.node(i).name().to_string()).collect();
+    let spec = match setup.cluster.store_arg().parse::<fjord_ipam::StoreSpec>() {
+        Ok(fjord_ipam::StoreSpec::Etcd(mut spec)) => {
+            spec.tls = Some(fjord_ipam::config::EtcdTls {
+                ca_cert_file: setup.pki.path("ca.crt"),
+                client: Some(fjord_ipam::config::ClientIdentity {
+                    cert_file: setup.pki.path("client.crt"),
+                    key_file: setup.pki.path("client.key"),
+                }),
+            });
+            spec
+        }
+        other => panic!("{other:?}"),
+    };
+    let held: BTreeSet<(String, IpAddr)> = setup.cluster.in_member_netns(0, || {
+        let store = EtcdStore::open(&spec).expect("open the store over TLS");
+        let mut all = BTreeSet::new();
+        for node in &nodes {
+            for block in store.snapshot(node).expect("read the store").own {
+                for (address, allocation) in block.allocations() {
+                    all.insert((allocation.handle.container_id.clone(), address));
+                }
+            }
+        }
+        all
+    });
+    for pod in &pods {
+        assert!(
+            held.contains(&(pod.pod.container_id.clone(), pod.ipv4)),
+            "{held:?}"
+        );
+    }
+    for pod in &pods {
+        setup.del_pod(pod);
+    }
+}
+
+#[test]
+fn a_wrong_ca_or_a_missing_client_certificate_fails_with_code_11_naming_the_cause() {
+    let setup = TlsSetup::new();
+    let lab = &setup.lab;
+    let endpoint = setup.cluster.endpoints()[0].clone();
+    // The server's certificate is not signed by the CA the plugin trusts.
+    let pod = Pod::new();
+    let started = Instant::now();
+    let answer = lab
+        .plugin_command("ADD", &pod, &setup.cni_config(0, "wrong-ca.crt", true))
+        .run_in(lab.node(0).netns())
+        .expect_error_mentioning(11, &endpoint);
+    let msg = answer["msg"].as_str().unwrap_or_default().to_string();
+    assert!(
+        msg.contains("invalid peer certificate") && msg.contains("UnknownIssuer"),
+        "the message does not say the server's certificate is of another CA: {msg}"
+    );
+    assert!(
+        started.elapsed() < FAILS_WITHIN,
+        "took {:?}",
+        started.elapsed()
+    );
+    let veth = host_veth_name(&pod.container_id, &pod.ifname);
+    assert!(
+        !lab.node(0).netns().try_ip(&["link", "show", &veth]),
+        "the failed ADD left its veth {veth}"
+    );
+    // The right CA but no client certificate: etcd's --client-cert-auth refuses it.
+    let pod = Pod::new();
+    let answer = lab
+        .plugin_command("ADD", &pod, &setup.cni_config(0, "ca.crt", false))
+        .run_in(lab.node(0).netns())
+        .expect_error_mentioning(11, &endpoint);
+    let msg = answer["msg"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("no client certificate is configured"), "{msg}");
+    // An https:// store without a CA file is a configuration error (code 7).
+    let mut conf = lab.cni_config(0);
+    conf["ipam"]["etcdCertFile"] = json!(setup.pki.path("client.crt"));
+    conf["ipam"]["etcdKeyFile"] = json!(setup.pki.path("client.key"));
+    lab.plugin_command("ADD", &Pod::new(), &conf)
+        .run_in(lab.node(0).netns())
+        .expect_error_mentioning(7, "needs etcdCACertFile");
+
+    // The daemon with the wrong CA cannot register its node: it exits naming the cause.
+    let flags = setup.routed_flags("wrong-ca.crt", true);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let _daemon = lab.start_routed(0, &flags);
+    fjord_conformance::poll_until(Duration::from_secs(15), "fjord-routed exits", || {
+        !lab.routed_alive(0)
+    });
+    let log = lab.routed_log_tail(0);
+    assert!(
+        log.contains("UnknownIssuer") && log.contains(&endpoint),
+        "{log}"
+    );
 }

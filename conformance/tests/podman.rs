@@ -6,15 +6,21 @@
 //! which remounts /sys and breaks runc's cgroups), so the container's host-end veth and
 //! routes land there. Everything podman writes lives in the test's temp dir
 //! (CONTAINERS_CONF, CONTAINERS_STORAGE_CONF); the image is busybox imported from a rootfs
-//! made here, so no registry is needed. Notes: ../shared/notes/podman-cni.md.
+//! made here, so no registry is needed. docs/testing.md says what podman needs here.
+//!
+//! hostPort: the shipped conflist's chain (`fjord`, then the reference `portmap` and
+//! `bandwidth` with their capabilities) under `podman run -p`: a connection from another
+//! namespace to the node's port reaches the container's server.
 
 use fjord_conformance::plugin::NETWORK_NAME;
+use fjord_conformance::podman::{CniNetwork, PrivatePodman};
 use fjord_conformance::{
-    fjord_bin, host_veth_name, poll_until, FjordOptions, Flavor, PluginUnderTest,
+    fjord_bin, host_veth_name, poll_until, unique_ifname, unique_name, FjordOptions, Flavor, Netns,
+    PluginUnderTest,
 };
 use ipnetwork::IpNetwork;
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -47,6 +53,8 @@ fn container_script() -> String {
 /// Dropping it resets podman's storage, unmounts what is left and removes the temp dir
 /// and the node namespace.
 struct PodmanOnNode {
+    /// Dropped first: its storage lives in `put`'s temp dir.
+    podman: PrivatePodman,
     put: PluginUnderTest,
     /// `<temp dir>/podman`: configs, storage, rootfs, CNI bin and conf dirs.
     root: PathBuf,
@@ -68,54 +76,33 @@ fn assert_preconditions() {
 
 impl PodmanOnNode {
     fn new(flavor: Flavor) -> PodmanOnNode {
+        let setup = PodmanOnNode::without_conflist(flavor);
+        setup.write_conflist(&setup.put.conflist("1.0.0"));
+        setup
+    }
+
+    /// Everything but the conflist, which the caller writes with [`Self::write_conflist`].
+    fn without_conflist(flavor: Flavor) -> PodmanOnNode {
         assert_preconditions();
         let put = PluginUnderTest::new(flavor);
         put.node().add_stand_in_address(IpAddr::V4(NODE_ADDRESS));
         let root = put.temp_dir().join("podman");
-        let setup = PodmanOnNode { put, root };
-        setup.write_configs();
+        for dir in ["cni-bin", "net.d", "rootfs/bin"] {
+            std::fs::create_dir_all(root.join(dir)).expect("create podman dirs");
+        }
+        let network = CniNetwork {
+            config_dir: root.join("net.d"),
+            plugin_dirs: vec![root.join("cni-bin"), "/usr/lib/cni".into()],
+        };
+        let podman = PrivatePodman::new(&root, Some(&network));
+        let setup = PodmanOnNode { podman, put, root };
         setup.link_plugins();
-        setup.write_conflist();
         setup.import_busybox_image();
         setup
     }
 
     fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
-    }
-
-    fn write_configs(&self) {
-        for dir in ["cni-bin", "net.d", "graph", "run", "tmp", "rootfs/bin"] {
-            std::fs::create_dir_all(self.path(dir)).expect("create podman dirs");
-        }
-        let containers_conf = format!(
-            r#"[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-netns = "private"
-
-[network]
-network_backend = "cni"
-network_config_dir = "{net}"
-cni_plugin_dirs = ["{bin}", "/usr/lib/cni"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "{root}/events.log"
-tmp_dir = "{root}/tmp"
-"#,
-            net = self.path("net.d").display(),
-            bin = self.path("cni-bin").display(),
-            root = self.root.display(),
-        );
-        let storage_conf = format!(
-            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-            self.path("graph").display(),
-            self.path("run").display(),
-        );
-        write(&self.path("containers.conf"), &containers_conf);
-        write(&self.path("storage.conf"), &storage_conf);
     }
 
     /// Links the workspace's `fjord` and `fjord-ipam` into the CNI bin dir podman searches
@@ -130,10 +117,9 @@ tmp_dir = "{root}/tmp"
         }
     }
 
-    fn write_conflist(&self) {
-        let conflist = self.put.conflist("1.0.0");
+    fn write_conflist(&self, conflist: &serde_json::Value) {
         let file = self.path("net.d").join(format!("{NETWORK_NAME}.conflist"));
-        write(&file, &serde_json::to_string_pretty(&conflist).unwrap());
+        write(&file, &serde_json::to_string_pretty(conflist).unwrap());
     }
 
     /// `localhost/fjord-test-busybox`: busybox-static and its applet links, imported.
@@ -166,14 +152,18 @@ tmp_dir = "{root}/tmp"
     fn podman(&self) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.put.node().path_str()))
-            .arg("podman")
-            .env("CONTAINERS_CONF", self.path("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"));
+            .arg("podman");
+        self.podman.configure(&mut cmd);
         cmd
     }
 
     /// Starts `podman run -i --rm` of the test script, attached to pipes.
     fn run_container(&self, name: &str) -> RunningContainer {
+        self.run_container_with(name, &[], &container_script())
+    }
+
+    /// `podman run -i --rm` of `script` with more `podman run` options (`-p`).
+    fn run_container_with(&self, name: &str, options: &[&str], script: &str) -> RunningContainer {
         let stderr_file = self.path(&format!("{name}.stderr"));
         let mut cmd = self.podman();
         cmd.args([
@@ -185,7 +175,8 @@ tmp_dir = "{root}/tmp"
             "--network",
             NETWORK_NAME,
         ])
-        .args([IMAGE, "sh", "-c", &container_script()])
+        .args(options)
+        .args([IMAGE, "sh", "-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr_file).expect("podman stderr file"));
@@ -214,34 +205,6 @@ tmp_dir = "{root}/tmp"
         let text = std::fs::read_to_string(self.put.log_file()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for PodmanOnNode {
-    fn drop(&mut self) {
-        let _ = self
-            .podman()
-            .args(["system", "reset", "--force"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        unmount_everything_under(&self.root);
-    }
-}
-
-/// Lazily unmounts every mount point below `dir` (overlay layers podman left), deepest
-/// first, so the temp dir can be removed.
-fn unmount_everything_under(dir: &Path) {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = format!("{}/", dir.display());
-    let mut points: Vec<&str> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|point| point.starts_with(&prefix))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for point in points {
-        let _ = Command::new("umount").args(["-l", point]).status();
     }
 }
 
@@ -285,6 +248,18 @@ impl RunningContainer {
             address: self.eth0_address(),
             mtu: value("mtu=").parse().expect("mtu is a number"),
             ping_exit: value("ping-exit=").parse().expect("exit code is a number"),
+        }
+    }
+
+    /// Waits for a line starting with `prefix`; panics with the output when none comes.
+    fn wait_for_line(&mut self, prefix: &str) {
+        let deadline = Instant::now() + CONTAINER_REPORT_WITHIN;
+        while !self.stdout.iter().any(|l| l.starts_with(prefix)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.stdout.push(line),
+                Err(_) => panic!("the container printed no {prefix:?}\n{}", self.output()),
+            }
         }
     }
 
@@ -466,4 +441,132 @@ fn fjord_container_gets_a_pool_address_reaches_the_node_and_is_released() {
 #[test]
 fn reference_container_gets_a_pool_address_reaches_the_node_and_is_released() {
     container_gets_a_pool_address_reaches_the_node_and_is_released(Flavor::Reference);
+}
+
+/// The node's port published with `-p`, and where the container's server listens.
+const HOST_PORT: u16 = 18080;
+const CONTAINER_PORT: u16 = 80;
+/// The node's side of the link to the client namespace, and the client's (TEST-NET-2).
+const NODE_LINK_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+
+/// The plugins deploy/01-fjord.conflist chains after `fjord` (portmap, bandwidth).
+fn shipped_chain() -> Vec<serde_json::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/01-fjord.conflist");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let list: serde_json::Value = serde_json::from_str(&text).expect("the conflist is JSON");
+    let plugins = list["plugins"].as_array().expect("plugins").clone();
+    assert_eq!(plugins[0]["type"], "fjord", "{}", path.display());
+    plugins[1..].to_vec()
+}
+
+/// One HTTP GET from `client` to `address`; the response, or why there is none.
+fn http_get_from(client: &Netns, address: SocketAddr) -> Result<String, String> {
+    let path = client.path();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).map_err(|e| format!("open {path:?}: {e}"))?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns: {e}"))?;
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))
+            .map_err(|e| format!("connect {address}: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        write!(stream, "GET / HTTP/1.0\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(answer)
+    })
+    .join()
+    .expect("the client thread")
+}
+
+#[test]
+fn a_host_port_reaches_the_container_through_the_shipped_chain() {
+    let setup = PodmanOnNode::without_conflist(Flavor::Fjord);
+    let mut conflist = setup.put.conflist("1.0.0");
+    let chain = shipped_chain();
+    assert!(
+        chain.iter().any(|p| p["type"] == "portmap"),
+        "the shipped conflist chains no portmap: {chain:?}"
+    );
+    conflist["plugins"]
+        .as_array_mut()
+        .expect("plugins")
+        .extend(chain);
+    setup.write_conflist(&conflist);
+
+    // A client outside the node, on a link of its own to it.
+    let node = setup.put.node();
+    let client = Netns::new("cl");
+    let (node_end, client_end) = (unique_ifname("h"), unique_ifname("c"));
+    node.ip(&[
+        "link",
+        "add",
+        &node_end,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &client_end,
+        "netns",
+        client.name(),
+    ]);
+    node.ip(&[
+        "addr",
+        "add",
+        &format!("{NODE_LINK_ADDRESS}/24"),
+        "dev",
+        &node_end,
+    ]);
+    node.ip(&["link", "set", &node_end, "up"]);
+    client.ip(&[
+        "addr",
+        "add",
+        &format!("{CLIENT_ADDRESS}/24"),
+        "dev",
+        &client_end,
+    ]);
+    client.ip(&["link", "set", &client_end, "up"]);
+
+    let token = format!("served-by-{}", unique_name("pod"));
+    let script = format!(
+        "mkdir -p /tmp/www && echo {token} > /tmp/www/index.html && \
+         httpd -p {CONTAINER_PORT} -h /tmp/www && echo serving; read line; exit 0"
+    );
+    let publish = format!("{HOST_PORT}:{CONTAINER_PORT}");
+    let name = format!("{}-hp", node.name());
+    let mut container = setup.run_container_with(&name, &["-p", &publish], &script);
+    container.wait_for_line("serving");
+    let target = SocketAddr::from((NODE_LINK_ADDRESS, HOST_PORT));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = http_get_from(&client, target);
+        if answer.as_ref().is_ok_and(|a| a.contains(&token)) || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        answer.as_ref().is_ok_and(|a| a.contains(&token)),
+        "{target} from the client did not reach the container's server: {answer:?}\n\
+         node nat table:\n{}\n{}\nplugin log:\n{}",
+        String::from_utf8_lossy(&node.run("iptables", &["-t", "nat", "-S"]).stdout),
+        container.output(),
+        setup.plugin_log()
+    );
+
+    // DEL runs the chain backwards: portmap's rules go, so the port answers no more.
+    let status = container.finish();
+    assert!(
+        status.success(),
+        "podman run failed: {status}\n{}",
+        container.output()
+    );
+    poll_until(RELEASED_WITHIN, "the host port is unpublished", || {
+        http_get_from(&client, target).is_err()
+    });
 }

@@ -1,5 +1,5 @@
 //! CNI specification behaviour, run against both plugins (`fjord::*` and `reference::*`),
-//! plus fjord's own datapath contract (DESIGN.md, "The pod datapath") in `fjord_datapath`.
+//! plus fjord's own datapath contract (ARCHITECTURE.md, "The pod datapath") in `fjord_datapath`.
 //!
 //! Where the reference plugins (ptp + host-local) depart from the spec, the test says so
 //! in its name (`reference_departs_from_spec_*`) and asserts what they actually do.
@@ -426,7 +426,7 @@ mod reference_departures {
     }
 }
 
-/// Fjord's datapath contract (DESIGN.md, "The pod datapath").
+/// Fjord's datapath contract (ARCHITECTURE.md, "The pod datapath").
 mod fjord_datapath {
     use super::*;
     use fjord_conformance::plugin::result_ipv6;

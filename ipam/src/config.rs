@@ -7,7 +7,7 @@ use crate::pool;
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub const DEFAULT_STORE: &str = "dir:/var/lib/fjord/ipam";
@@ -30,8 +30,138 @@ pub enum StoreSpec {
     /// writes to `DIR/<node>.json`; allocations inside them are kept in `DIR/ipam`
     /// (ipam/src/kubernetes.rs). DIR defaults to [`DEFAULT_KUBERNETES_DIR`].
     Kubernetes(PathBuf),
-    /// `etcd:URL[,URL...]`: an etcd v3 cluster, by its client URLs (`http://host:port`).
-    Etcd(Vec<String>),
+    /// `etcd:URL[,URL...]`: an etcd v3 cluster, by its client URLs (`http://host:port`
+    /// or `https://host:port`), with the TLS files for `https://`.
+    Etcd(EtcdSpec),
+}
+
+/// An etcd cluster: its client URLs, all `http://` or all `https://`, and for `https://`
+/// the files TLS needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdSpec {
+    pub endpoints: Vec<String>,
+    pub tls: Option<EtcdTls>,
+}
+
+/// PEM files for an `https://` etcd cluster: the CA that signed the members' server
+/// certificates, and the client certificate and key when etcd asks for one
+/// (`--client-cert-auth`, what real clusters run with).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_cert_file: PathBuf,
+    pub client: Option<ClientIdentity>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// The three TLS settings as given, before they are checked against the store; `names`
+/// are what the operator wrote them as (conflist keys or daemon flags), for errors.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTlsFiles {
+    pub ca_cert_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// How the TLS settings are spelled where they come from.
+pub struct TlsSettingNames {
+    pub ca_cert_file: &'static str,
+    pub cert_file: &'static str,
+    pub key_file: &'static str,
+}
+
+/// The `ipam` keys of a network configuration (Calico's `etcd_ca_cert_file`, ... in
+/// this file's camelCase).
+pub const CONFLIST_TLS_KEYS: TlsSettingNames = TlsSettingNames {
+    ca_cert_file: "etcdCACertFile",
+    cert_file: "etcdCertFile",
+    key_file: "etcdKeyFile",
+};
+
+impl EtcdSpec {
+    pub fn uses_https(&self) -> bool {
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
+    }
+}
+
+impl StoreSpec {
+    /// Attaches the etcd TLS files to an `etcd:https://` store. Refuses what cannot
+    /// work: `https://` without a CA, a certificate without its key (or the reverse),
+    /// relative paths, and TLS files given for a store that would never read them.
+    pub fn with_etcd_tls(
+        self,
+        files: &EtcdTlsFiles,
+        names: &TlsSettingNames,
+    ) -> Result<StoreSpec, IpamError> {
+        let given = [
+            (names.ca_cert_file, &files.ca_cert_file),
+            (names.cert_file, &files.cert_file),
+            (names.key_file, &files.key_file),
+        ];
+        for (name, path) in given {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(IpamError::Config(format!(
+                    "{name} {:?} must be an absolute path",
+                    path.as_deref().unwrap_or(Path::new(""))
+                )));
+            }
+        }
+        let first_given = given.iter().find(|(_, p)| p.is_some()).map(|(n, _)| *n);
+        let mut etcd = match self {
+            StoreSpec::Etcd(etcd) if etcd.uses_https() => etcd,
+            other => {
+                return match first_given {
+                    None => Ok(other),
+                    Some(name) => Err(IpamError::Config(format!(
+                        "{name} is set, but the store is not etcd:https://...: only an https:// \
+                         etcd cluster uses TLS files"
+                    ))),
+                };
+            }
+        };
+        let ca_cert_file = files.ca_cert_file.clone().ok_or_else(|| {
+            IpamError::Config(format!(
+                "the etcd store {} uses https:// and needs {}, the CA certificate (PEM) that \
+                 signed the members' server certificates",
+                etcd.endpoints.join(","),
+                names.ca_cert_file
+            ))
+        })?;
+        let client = match (&files.cert_file, &files.key_file) {
+            (Some(cert_file), Some(key_file)) => Some(ClientIdentity {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(IpamError::Config(format!(
+                    "{} and {} go together: the client certificate and its private key",
+                    names.cert_file, names.key_file
+                )))
+            }
+        };
+        etcd.tls = Some(EtcdTls {
+            ca_cert_file,
+            client,
+        });
+        Ok(StoreSpec::Etcd(etcd))
+    }
+
+    /// The same store seen without its TLS files: what two configs must agree on to
+    /// read and write the same records.
+    pub fn location(&self) -> StoreSpec {
+        match self {
+            StoreSpec::Etcd(etcd) => StoreSpec::Etcd(EtcdSpec {
+                endpoints: etcd.endpoints.clone(),
+                tls: None,
+            }),
+            other => other.clone(),
+        }
+    }
 }
 
 impl FromStr for StoreSpec {
@@ -47,7 +177,11 @@ impl FromStr for StoreSpec {
             return Ok(StoreSpec::Dir(PathBuf::from(path)));
         }
         if let Some(urls) = s.strip_prefix("etcd:") {
-            return parse_etcd_endpoints(s, urls).map(StoreSpec::Etcd);
+            let endpoints = parse_etcd_endpoints(s, urls)?;
+            return Ok(StoreSpec::Etcd(EtcdSpec {
+                endpoints,
+                tls: None,
+            }));
         }
         if s == "kubernetes" {
             return Ok(StoreSpec::Kubernetes(PathBuf::from(DEFAULT_KUBERNETES_DIR)));
@@ -66,23 +200,22 @@ impl FromStr for StoreSpec {
     }
 }
 
-/// `http://host:port` client URLs, checked here so a typo fails with the URL named
-/// instead of as an unreachable cluster.
+/// `http://host:port` or `https://host:port` client URLs, checked here so a typo fails
+/// with the URL named instead of as an unreachable cluster.
 fn parse_etcd_endpoints(spec: &str, urls: &str) -> Result<Vec<String>, IpamError> {
     let bad = |url: &str, why: &str| {
         IpamError::Config(format!("\"store\" {spec:?}: etcd endpoint {url:?} {why}"))
     };
     let mut endpoints = Vec::new();
+    let mut schemes = Vec::new();
     for url in urls.split(',') {
-        if url.starts_with("https://") {
-            return Err(bad(
-                url,
-                "uses TLS, which this build does not support; use http://",
-            ));
-        }
-        let Some(authority) = url.strip_prefix("http://") else {
-            return Err(bad(url, "must be http://host:port"));
+        let Some((scheme, authority)) = ["http://", "https://"]
+            .into_iter()
+            .find_map(|scheme| Some((scheme, url.strip_prefix(scheme)?)))
+        else {
+            return Err(bad(url, "must be http://host:port or https://host:port"));
         };
+        schemes.push(scheme);
         let authority = authority.strip_suffix('/').unwrap_or(authority);
         let (host, port) = authority
             .rsplit_once(':')
@@ -96,7 +229,13 @@ fn parse_etcd_endpoints(spec: &str, urls: &str) -> Result<Vec<String>, IpamError
         if !port.parse::<u16>().is_ok_and(|p| p != 0) {
             return Err(bad(url, "has no valid port (1-65535)"));
         }
-        endpoints.push(format!("http://{authority}"));
+        endpoints.push(format!("{scheme}{authority}"));
+    }
+    if schemes.iter().any(|s| *s != schemes[0]) {
+        return Err(IpamError::Config(format!(
+            "\"store\" {spec:?}: the etcd endpoints mix http:// and https://; one cluster \
+             speaks one of them"
+        )));
     }
     Ok(endpoints)
 }
@@ -119,7 +258,8 @@ impl IpamConfig {
         };
         let store = optional_str(ipam, "store")?
             .unwrap_or(DEFAULT_STORE)
-            .parse()?;
+            .parse::<StoreSpec>()?
+            .with_etcd_tls(&tls_files(ipam)?, &CONFLIST_TLS_KEYS)?;
         // With the kubernetes store the node's podCIDRs are its pools; "pools", if given,
         // only bounds them (a podCIDR outside every pool is refused when the IPAM opens).
         let pools = match (&store, ipam.get("pools")) {
@@ -161,6 +301,15 @@ impl IpamConfig {
         }
         Ok(())
     }
+}
+
+fn tls_files(ipam: &Map<String, Value>) -> Result<EtcdTlsFiles, IpamError> {
+    let path = |key: &str| Ok::<_, IpamError>(optional_str(ipam, key)?.map(PathBuf::from));
+    Ok(EtcdTlsFiles {
+        ca_cert_file: path(CONFLIST_TLS_KEYS.ca_cert_file)?,
+        cert_file: path(CONFLIST_TLS_KEYS.cert_file)?,
+        key_file: path(CONFLIST_TLS_KEYS.key_file)?,
+    })
 }
 
 fn optional_str<'a>(ipam: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, IpamError> {
@@ -338,27 +487,97 @@ mod tests {
     #[test]
     fn etcd_endpoints_are_parsed_and_bad_ones_named() {
         let ok = |s: &str| s.parse::<StoreSpec>().unwrap();
+        let plain = |endpoints: &[&str]| {
+            StoreSpec::Etcd(EtcdSpec {
+                endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+                tls: None,
+            })
+        };
         assert_eq!(
             ok("etcd:http://10.0.0.1:2379,http://[fd00::1]:2379/"),
-            StoreSpec::Etcd(vec![
-                "http://10.0.0.1:2379".into(),
-                "http://[fd00::1]:2379".into()
-            ])
+            plain(&["http://10.0.0.1:2379", "http://[fd00::1]:2379"])
         );
         assert_eq!(
             ok("etcd:http://etcd-0.example:2379"),
-            StoreSpec::Etcd(vec!["http://etcd-0.example:2379".into()])
+            plain(&["http://etcd-0.example:2379"])
+        );
+        assert_eq!(
+            ok("etcd:https://10.0.0.1:2379,https://[fd00::1]:2379"),
+            plain(&["https://10.0.0.1:2379", "https://[fd00::1]:2379"])
         );
         let bad = |s: &str| s.parse::<StoreSpec>().unwrap_err().to_string();
         assert!(bad("etcd:").contains("must be http://host:port"));
         assert!(bad("etcd:10.0.0.1:2379").contains("\"10.0.0.1:2379\" must be http://"));
-        assert!(bad("etcd:https://e:2379").contains("TLS"));
+        assert!(bad("etcd:https://e:2379,http://f:2379").contains("mix http:// and https://"));
         assert!(bad("etcd:http://e").contains("no port"));
         assert!(bad("etcd:http://e:99999").contains("valid port"));
         assert!(bad("etcd:http://:2379").contains("no usable host"));
         assert!(bad("etcd:http://fd00::1:2379").contains("brackets"));
         assert!(bad("etcd:http://e:2379,").contains("\"\""));
         assert!(bad("etcd:http://e:2379/v3").contains("valid port"));
+    }
+
+    #[test]
+    fn https_etcd_takes_the_tls_files_from_the_ipam_keys() {
+        let c = parse(json!({
+            "pools": ["10.0.0.0/8"],
+            "store": "etcd:https://10.0.0.1:2379",
+            "etcdCACertFile": "/etc/fjord/etcd/ca.crt",
+            "etcdCertFile": "/etc/fjord/etcd/client.crt",
+            "etcdKeyFile": "/etc/fjord/etcd/client.key",
+        }))
+        .unwrap();
+        let StoreSpec::Etcd(etcd) = &c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!(
+            etcd.tls,
+            Some(EtcdTls {
+                ca_cert_file: "/etc/fjord/etcd/ca.crt".into(),
+                client: Some(ClientIdentity {
+                    cert_file: "/etc/fjord/etcd/client.crt".into(),
+                    key_file: "/etc/fjord/etcd/client.key".into(),
+                }),
+            })
+        );
+        assert_eq!(
+            c.store.location(),
+            "etcd:https://10.0.0.1:2379".parse().unwrap()
+        );
+        // Server authentication only: a CA and no client certificate.
+        let c = parse(
+            json!({"pools": ["10.0.0.0/8"], "store": "etcd:https://e:2379",
+            "etcdCACertFile": "/ca.pem"}),
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.store, StoreSpec::Etcd(EtcdSpec { tls: Some(t), .. }) if t.client.is_none())
+        );
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_refused_by_name() {
+        let with = |extra: Value| {
+            let mut conf = json!({"pools": ["10.0.0.0/8"], "store": "etcd:https://e:2379"});
+            for (k, v) in extra.as_object().unwrap() {
+                conf[k] = v.clone();
+            }
+            error(conf)
+        };
+        assert!(with(json!({})).contains("needs etcdCACertFile"));
+        assert!(with(json!({"etcdCACertFile": "ca.pem"})).contains("absolute"));
+        assert!(with(json!({"etcdCACertFile": "/ca", "etcdCertFile": "/c"}))
+            .contains("etcdCertFile and etcdKeyFile go together"));
+        let plain = error(
+            json!({"pools": ["10.0.0.0/8"], "store": "etcd:http://e:2379",
+            "etcdCACertFile": "/ca"}),
+        );
+        assert!(
+            plain.contains("etcdCACertFile is set, but the store is not etcd:https://"),
+            "{plain}"
+        );
+        let dir = error(json!({"pools": ["10.0.0.0/8"], "etcdKeyFile": "/k"}));
+        assert!(dir.contains("etcdKeyFile is set"), "{dir}");
     }
 
     #[test]

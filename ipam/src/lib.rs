@@ -20,7 +20,7 @@ pub mod store;
 
 pub use allocator::Assigned;
 pub use block::{Handle, Owner};
-pub use config::{IpamConfig, StoreSpec};
+pub use config::{EtcdSpec, IpamConfig, StoreSpec};
 pub use error::IpamError;
 
 use allocator::{Decision, Layout, Snapshot};
@@ -39,7 +39,7 @@ impl Ipam {
     pub fn open(config: IpamConfig) -> Result<Ipam, IpamError> {
         let store: Box<dyn Store> = match &config.store {
             StoreSpec::Dir(path) => Box::new(dir::DirStore::open(path)?),
-            StoreSpec::Etcd(endpoints) => Box::new(etcd::EtcdStore::open(endpoints)?),
+            StoreSpec::Etcd(etcd) => Box::new(etcd::EtcdStore::open(etcd)?),
             StoreSpec::Kubernetes(dir) => {
                 let store = kubernetes::KubernetesStore::open(dir, &config.node_name)?;
                 let config = store.layout_config(config)?;

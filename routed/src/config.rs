@@ -1,7 +1,8 @@
 //! The daemon's settings: flags, each with a `FJORD_*` environment variable for
-//! DaemonSet use (DESIGN.md, "The route daemon").
+//! DaemonSet use (docs/routed.md).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fjord_ipam::config::{EtcdTlsFiles, TlsSettingNames};
 use fjord_ipam::StoreSpec;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -66,6 +67,7 @@ pub struct RunArgs {
         required = true
     )]
     pub node_address: Vec<IpAddr>,
+    /// The AS of the node-to-node mesh, 1..=4294967294 without the reserved numbers.
     #[arg(long, env = "FJORD_ASN", default_value_t = DEFAULT_ASN)]
     pub asn: u32,
     /// dir:PATH, etcd:http://HOST:PORT[,...], or kubernetes[:DIR] (Node objects; podCIDRs
@@ -73,6 +75,17 @@ pub struct RunArgs {
     /// docs/kubernetes.md).
     #[arg(long, env = "FJORD_STORE", default_value = "dir:/var/lib/fjord/ipam")]
     pub store: String,
+    /// With --store etcd:https://...: the CA certificate (PEM) that signed the etcd
+    /// members' server certificates.
+    #[arg(long, env = "FJORD_ETCD_CA_CERT_FILE")]
+    pub etcd_ca_cert_file: Option<PathBuf>,
+    /// With --store etcd:https://...: the client certificate (PEM) etcd's
+    /// --client-cert-auth asks for; with --etcd-key-file.
+    #[arg(long, env = "FJORD_ETCD_CERT_FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "FJORD_ETCD_KEY_FILE")]
+    pub etcd_key_file: Option<PathBuf>,
     /// With --store kubernetes: a kubeconfig file. Without it, the in-cluster service
     /// account when KUBERNETES_SERVICE_HOST is set, else KUBECONFIG or ~/.kube/config.
     #[arg(long, env = "FJORD_KUBECONFIG")]
@@ -137,16 +150,22 @@ pub struct InstallCniArgs {
     #[arg(
         long,
         env = "FJORD_CNI_CONFLIST_TEMPLATE",
-        default_value = "/etc/fjord/cni/10-fjord.conflist"
+        default_value = "/etc/fjord/cni/fjord.conflist"
     )]
     pub conflist_template: PathBuf,
-    /// File name of the installed conflist.
+    /// File name of the installed conflist. The default sorts before every other
+    /// network's usual name (05-cilium, 10-calico, 10-flannel, ...), after 00-multus.
     #[arg(
         long,
         env = "FJORD_CNI_CONFLIST_NAME",
-        default_value = "10-fjord.conflist"
+        default_value = crate::install::DEFAULT_CONFLIST_NAME
     )]
     pub conflist_name: String,
+    /// Move every other network config in the CNI config directory aside (renamed with
+    /// the suffix .fjord-disabled), so the runtime uses Fjord's; `--exclusive=false`
+    /// leaves them and only warns about those that sort first.
+    #[arg(long, env = "FJORD_CNI_EXCLUSIVE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub exclusive: bool,
     /// This node's name, for __FJORD_NODE_NAME__.
     #[arg(long, env = "FJORD_NODE_NAME")]
     pub node_name: String,
@@ -197,13 +216,18 @@ impl RunArgs {
         {
             return Err("--node-address takes at most one IPv4 and one IPv6 address".into());
         }
+        check_asn("--asn", self.asn)?;
         if self.hold_time != 0 && self.hold_time < 3 {
             return Err(format!(
                 "--hold-time {} must be 0 or at least 3 (RFC 4271)",
                 self.hold_time
             ));
         }
-        let store: StoreSpec = self.store.parse().map_err(|e| format!("--store: {e}"))?;
+        let store: StoreSpec = self
+            .store
+            .parse::<StoreSpec>()
+            .and_then(|store| store.with_etcd_tls(&self.etcd_tls_files(), &ETCD_TLS_FLAGS))
+            .map_err(|e| format!("--store: {e}"))?;
         let peers = self
             .peers
             .iter()
@@ -231,6 +255,23 @@ impl RunArgs {
             connect_retry: Duration::from_secs(self.connect_retry.max(1)),
             mtu_file: self.mtu_file.clone(),
         })
+    }
+}
+
+/// How the daemon's etcd TLS settings are spelled, for errors.
+const ETCD_TLS_FLAGS: TlsSettingNames = TlsSettingNames {
+    ca_cert_file: "--etcd-ca-cert-file",
+    cert_file: "--etcd-cert-file",
+    key_file: "--etcd-key-file",
+};
+
+impl RunArgs {
+    fn etcd_tls_files(&self) -> EtcdTlsFiles {
+        EtcdTlsFiles {
+            ca_cert_file: self.etcd_ca_cert_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+        }
     }
 }
 
@@ -265,10 +306,28 @@ pub fn parse_peer(text: &str) -> Result<ExtraPeer, String> {
     }
     let (addr, asn) = text.rsplit_once(':').ok_or_else(bad)?;
     let addr = addr.trim_start_matches('[').trim_end_matches(']');
+    let asn = asn.parse().map_err(|_| bad())?;
+    check_asn(&format!("--peer {text:?}"), asn)?;
     Ok(ExtraPeer {
         address: addr.parse().map_err(|_| bad())?,
-        asn: Some(asn.parse().map_err(|_| bad())?),
+        asn: Some(asn),
     })
+}
+
+/// AS numbers no BGP speaker may use as its own: 0 (RFC 7607), AS_TRANS 23456 (RFC 6793,
+/// the 2-octet stand-in for 4-octet ASNs), the documentation ranges (RFC 5398) and the
+/// last 2-octet and 4-octet numbers (RFC 7300).
+fn check_asn(what: &str, asn: u32) -> Result<(), String> {
+    let reason = match asn {
+        0 => "AS 0 is reserved (RFC 7607) and no peer accepts it in an OPEN",
+        23456 => "AS 23456 is AS_TRANS (RFC 6793), the stand-in for 4-octet AS numbers",
+        64496..=64511 | 65536..=65551 => "it is reserved for documentation (RFC 5398)",
+        65535 | 4_294_967_295 => "it is reserved (RFC 7300)",
+        _ => return Ok(()),
+    };
+    Err(format!(
+        "{what}: AS {asn} cannot be used: {reason}; private AS numbers are 64512-65534 and 4200000000-4294967294 (RFC 6996)"
+    ))
 }
 
 #[cfg(test)]
@@ -366,5 +425,68 @@ mod tests {
         assert!(run_args(&["--node-address", "10.0.0.1,10.0.0.2"]).is_err());
         assert!(run_args(&["--node-address", "10.0.0.1", "--store", "nfs:/x"]).is_err());
         assert!(run_args(&["--node-address", "10.0.0.1", "--encapsulation", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn etcd_tls_files_come_from_the_flags() {
+        let s = run_args(&[
+            "--node-address",
+            "10.0.0.1",
+            "--store",
+            "etcd:https://10.0.0.11:2379",
+            "--etcd-ca-cert-file",
+            "/etc/fjord/etcd/ca.crt",
+            "--etcd-cert-file",
+            "/etc/fjord/etcd/client.crt",
+            "--etcd-key-file",
+            "/etc/fjord/etcd/client.key",
+        ])
+        .unwrap();
+        let StoreSpec::Etcd(etcd) = &s.store else {
+            panic!("{:?}", s.store)
+        };
+        let tls = etcd.tls.as_ref().expect("TLS files");
+        assert_eq!(tls.ca_cert_file, PathBuf::from("/etc/fjord/etcd/ca.crt"));
+        let err = run_args(&[
+            "--node-address",
+            "10.0.0.1",
+            "--store",
+            "etcd:https://10.0.0.11:2379",
+        ])
+        .unwrap_err();
+        assert!(err.contains("needs --etcd-ca-cert-file"), "{err}");
+        let err = run_args(&[
+            "--node-address",
+            "10.0.0.1",
+            "--store",
+            "etcd:http://10.0.0.11:2379",
+            "--etcd-cert-file",
+            "/c",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--etcd-cert-file is set"), "{err}");
+    }
+
+    #[test]
+    fn reserved_as_numbers_are_refused_with_the_reason() {
+        for (asn, reason) in [
+            ("0", "RFC 7607"),
+            ("23456", "AS_TRANS"),
+            ("64496", "documentation"),
+            ("65535", "RFC 7300"),
+            ("65551", "documentation"),
+            ("4294967295", "RFC 7300"),
+        ] {
+            let err = run_args(&["--node-address", "10.0.0.1", "--asn", asn]).unwrap_err();
+            assert!(
+                err.contains(&format!("--asn: AS {asn} cannot be used")) && err.contains(reason),
+                "{asn}: {err}"
+            );
+        }
+        let err = parse_peer("10.0.0.9:0").unwrap_err();
+        assert!(err.contains("AS 0 cannot be used"), "{err}");
+        for fine in ["1", "64512", "65534", "65000", "4200000000", "4294967294"] {
+            run_args(&["--node-address", "10.0.0.1", "--asn", fine]).unwrap();
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Encapsulation, decided per peer (DESIGN.md, "The route daemon"): which other nodes'
+//! Encapsulation, decided per peer (ARCHITECTURE.md, "The route daemon"): which other nodes'
 //! blocks go natively `via` the node address and which through `fjord.vxlan`, and every
 //! VXLAN entry (VTEP MAC, VTEP address, FDB, neighbour) derived from what BGP already
 //! carries: a block and its next hop. Pure; the kernel side is [`crate::vxlan`].

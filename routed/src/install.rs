@@ -8,6 +8,13 @@
 //! old `fjord` or the new one, never a truncated file (a running old binary keeps its
 //! inode). The binaries go first and the conflist last: a conflist is what tells the
 //! runtime the network is ready, so it must not appear before the plugins it names.
+//!
+//! Runtimes (containerd, CRI-O, podman's libcni) use the first network config of the
+//! directory in lexical order, so an earlier network's config (`10-calico.conflist`)
+//! would keep serving pods. In exclusive mode, the default as in Cilium's, every other
+//! config is moved aside once Fjord's is in place: renamed with the suffix
+//! [`DISABLED_SUFFIX`], which no runtime reads, and named in the report, so renaming it
+//! back undoes it.
 
 use crate::error::RoutedError;
 use fjord_ipam::{IpamConfig, StoreSpec};
@@ -25,6 +32,14 @@ pub const NODE_NAME_PLACEHOLDER: &str = "__FJORD_NODE_NAME__";
 pub const STORE_PLACEHOLDER: &str = "__FJORD_STORE__";
 /// Prefix of the temporary files; leftovers of a killed run are removed by the next one.
 const TEMP_PREFIX: &str = ".fjord-install-";
+/// The installed conflist's name: `01-` sorts before every other network's usual name
+/// (`05-cilium`, `10-calico`, `10-flannel`, `10-containerd-net`, `10-weave`,
+/// `10-kuberouter`, `87-podman`) and after `00-multus.conf`, the meta-plugin that is
+/// meant to come first and delegate to the next config.
+pub const DEFAULT_CONFLIST_NAME: &str = "01-fjord.conflist";
+/// What a config moved aside is renamed to: its name plus this (plus `.N` when that
+/// name is taken by an earlier move).
+pub const DISABLED_SUFFIX: &str = ".fjord-disabled";
 
 /// What to install where.
 #[derive(Debug, Clone)]
@@ -41,6 +56,8 @@ pub struct InstallPlan {
     pub template: String,
     pub node_name: String,
     pub store: String,
+    /// Move every other network config aside (see the module documentation).
+    pub exclusive: bool,
 }
 
 /// One file the installer looked after.
@@ -52,12 +69,30 @@ pub struct Installed {
     pub changed: bool,
 }
 
+/// A network config renamed so that no runtime reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedAside {
+    pub from: String,
+    pub to: String,
+    /// Why: another network's config (exclusive mode), or a Fjord conflist of an
+    /// earlier release under another name.
+    pub reason: MoveReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveReason {
+    Exclusive,
+    OldFjordConflist,
+}
+
 /// What `install` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallReport {
     pub files: Vec<Installed>,
-    /// Other network configs that sort before ours: the runtime uses the first one, so
-    /// these would shadow Fjord.
+    /// Configs renamed with [`DISABLED_SUFFIX`], in name order.
+    pub moved_aside: Vec<MovedAside>,
+    /// Other network configs left in place that sort before ours: the runtime uses the
+    /// first one, so these shadow Fjord (only without exclusive mode).
     pub shadowing_configs: Vec<String>,
 }
 
@@ -159,7 +194,8 @@ fn check_agrees_with_daemon(
     let daemon_store: StoreSpec = store
         .parse()
         .map_err(|e| conflist_error(format!("the daemon's store {store:?} (FJORD_STORE): {e}")))?;
-    if config.store != daemon_store {
+    // The TLS files are the plugin's own (paths on the host); the store is the same.
+    if config.store.location() != daemon_store.location() {
         return Err(conflist_error(format!(
             "the fjord plugin's ipam store {plugin_store:?} is not the daemon's store {store:?} \
              (FJORD_STORE): the plugin would not see the blocks the daemon keeps; \
@@ -190,6 +226,7 @@ pub fn install(plan: &InstallPlan) -> Result<InstallReport, RoutedError> {
                 .map_err(RoutedError::install(&source, "read"))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    check_chained_plugins(&conflist, &plan.cni_bin_dir)?;
     let mut files = Vec::new();
     for (name, bytes) in &binaries {
         files.push(install_file(&plan.cni_bin_dir, name, bytes, 0o755)?);
@@ -200,10 +237,102 @@ pub fn install(plan: &InstallPlan) -> Result<InstallReport, RoutedError> {
         conflist.as_bytes(),
         0o644,
     )?);
+    let moved_aside = move_others_aside(&plan.cni_conf_dir, &plan.conflist_name, plan.exclusive)?;
     Ok(InstallReport {
         files,
+        moved_aside,
         shadowing_configs: shadowing_configs(&plan.cni_conf_dir, &plan.conflist_name)?,
     })
+}
+
+/// The plugins the conflist chains after `fjord` (`portmap`, `bandwidth`) come from the
+/// node's CNI bin directory, not from the image: without them every pod's ADD would
+/// fail, so the installer refuses to install a conflist naming one that is not there.
+fn check_chained_plugins(conflist: &str, cni_bin_dir: &Path) -> Result<(), RoutedError> {
+    let value: Value = serde_json::from_str(conflist)
+        .map_err(|e| conflist_error(format!("not JSON after filling placeholders: {e}")))?;
+    let types = value["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["type"].as_str());
+    for plugin in types.filter(|t| !CNI_BINARIES.contains(t)) {
+        let path = cni_bin_dir.join(plugin);
+        let executable =
+            fs::metadata(&path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if !executable {
+            return Err(conflist_error(format!(
+                "it chains the plugin {plugin:?}, which is not an executable in {}: install the \
+                 CNI reference plugins on the node (kubeadm's kubernetes-cni package, Debian's \
+                 containernetworking-plugins) or remove {plugin:?} from the conflist",
+                cni_bin_dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Renames the network configs in `dir` that are not `ours` out of every runtime's
+/// sight: Fjord conflists of an earlier release always, other networks' configs in
+/// exclusive mode.
+fn move_others_aside(
+    dir: &Path,
+    ours: &str,
+    exclusive: bool,
+) -> Result<Vec<MovedAside>, RoutedError> {
+    let mut moved = Vec::new();
+    for name in network_configs(dir)? {
+        if name == ours {
+            continue;
+        }
+        let path = dir.join(&name);
+        let reason = if is_fjord_config(&path) {
+            MoveReason::OldFjordConflist
+        } else if exclusive {
+            MoveReason::Exclusive
+        } else {
+            continue;
+        };
+        let to = free_disabled_name(dir, &name);
+        fs::rename(&path, dir.join(&to)).map_err(RoutedError::install(&path, "move aside"))?;
+        moved.push(MovedAside {
+            from: name,
+            to,
+            reason,
+        });
+    }
+    if !moved.is_empty() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(RoutedError::install(dir, "sync directory"))?;
+    }
+    Ok(moved)
+}
+
+/// `NAME.fjord-disabled`, or `NAME.fjord-disabled.N` when an earlier move took it.
+fn free_disabled_name(dir: &Path, name: &str) -> String {
+    let first = format!("{name}{DISABLED_SUFFIX}");
+    if !dir.join(&first).exists() {
+        return first;
+    }
+    (1..)
+        .map(|n| format!("{first}.{n}"))
+        .find(|candidate| !dir.join(candidate).exists())
+        .expect("some numbered name is free")
+}
+
+/// A conflist (or single-plugin `.conf`) whose plugins include `fjord`.
+fn is_fjord_config(path: &Path) -> bool {
+    let Some(value) = fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+    else {
+        return false;
+    };
+    value["type"] == "fjord"
+        || value["plugins"]
+            .as_array()
+            .is_some_and(|plugins| plugins.iter().any(|p| p["type"] == "fjord"))
 }
 
 /// Runtimes read only `.conflist` (and `.conf`, `.json`) files directly in the config
@@ -214,7 +343,7 @@ fn check_conflist_name(name: &str) -> Result<(), RoutedError> {
         return Ok(());
     }
     Err(conflist_error(format!(
-        "the conflist name {name:?} must be a file name ending in .conflist, such as 10-fjord.conflist"
+        "the conflist name {name:?} must be a file name ending in .conflist, such as 01-fjord.conflist"
     )))
 }
 
@@ -291,14 +420,22 @@ fn remove_leftovers(dir: &Path, name: &str) -> Result<(), RoutedError> {
 /// Network configs in `dir` that a runtime would pick before `ours` (it takes the first
 /// `.conf`, `.conflist` or `.json` in lexical order).
 pub fn shadowing_configs(dir: &Path, ours: &str) -> Result<Vec<String>, RoutedError> {
-    let entries = fs::read_dir(dir).map_err(RoutedError::install(dir, "list"))?;
-    let mut before: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| is_network_config(n) && n.as_str() < ours)
-        .collect();
-    before.sort();
+    let mut before = network_configs(dir)?;
+    before.retain(|n| n.as_str() < ours);
     Ok(before)
+}
+
+/// The files in `dir` a runtime would read as network configs, sorted by name.
+fn network_configs(dir: &Path) -> Result<Vec<String>, RoutedError> {
+    let entries = fs::read_dir(dir).map_err(RoutedError::install(dir, "list"))?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_network_config(n))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn is_network_config(name: &str) -> bool {

@@ -58,6 +58,7 @@ fn install_cni(args: &InstallCniArgs) -> ExitCode {
         template,
         node_name: args.node_name.clone(),
         store: args.store.clone(),
+        exclusive: args.exclusive,
     };
     match install::install(&plan) {
         Ok(report) => {
@@ -68,6 +69,23 @@ fn install_cni(args: &InstallCniArgs) -> ExitCode {
                     "unchanged"
                 };
                 println!("{what} {} ({} bytes)", file.path.display(), file.bytes);
+            }
+            for moved in &report.moved_aside {
+                let why = match moved.reason {
+                    install::MoveReason::Exclusive => {
+                        "exclusive mode: the runtime must use Fjord's config; \
+                         FJORD_CNI_EXCLUSIVE=false leaves other configs in place"
+                    }
+                    install::MoveReason::OldFjordConflist => {
+                        "a Fjord conflist of an earlier release under another name"
+                    }
+                };
+                println!(
+                    "moved aside {dir}/{} to {dir}/{} ({why}; rename it back to undo)",
+                    moved.from,
+                    moved.to,
+                    dir = args.cni_conf_dir.display()
+                );
             }
             for other in &report.shadowing_configs {
                 eprintln!(

@@ -140,7 +140,7 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// The peer table of DESIGN.md.
+/// The peer table of docs/routed.md ("Status").
 pub fn render_table(report: &StatusReport) -> String {
     let headers = [
         "PEER ADDRESS",

@@ -216,7 +216,7 @@ mod bgp {
     }
 
     /// The UPDATE bgp-rs 0.6.0 decoded as one route 0.0.0.0/1 with an ADD-PATH id
-    /// (shared/notes/bgp-crates.md): a default route and a block, no ADD-PATH.
+    /// (docs/decisions/0002-bgp-codec.md): a default route and a block, no ADD-PATH.
     #[test]
     fn regression_default_route_and_block_are_two_prefixes() {
         let bytes = update(&[], &plain_attrs(), &[0x00, 0x1a, 0x0a, 0xf4, 0x01, 0x00]);

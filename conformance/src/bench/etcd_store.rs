@@ -157,7 +157,11 @@ fn del(s: &Side, call: &Caller<'_>, pod: Pod, result: &Value) -> Result<Duration
 fn etcd_allocations(cluster: &EtcdCluster, node: &str) -> Result<usize> {
     let endpoints = cluster.endpoints();
     cluster.in_member_netns(0, || {
-        let store = EtcdStore::open(&endpoints).context("open the etcd store")?;
+        let spec = fjord_ipam::EtcdSpec {
+            endpoints,
+            tls: None,
+        };
+        let store = EtcdStore::open(&spec).context("open the etcd store")?;
         let snapshot = store.snapshot(node).context("read the etcd store")?;
         Ok(snapshot.own.iter().map(|b| b.allocations().count()).sum())
     })

@@ -12,14 +12,22 @@
 //! cluster is retried for at most [`UNAVAILABLE_BUDGET`]: an ADD against an unreachable
 //! cluster or one without quorum fails fast with [`IpamError::StoreUnavailable`] (CNI
 //! code 11), naming the endpoints.
+//!
+//! `https://` clusters are reached over TLS (rustls, through tonic): the CA file is the
+//! only trust anchor (no system roots: an etcd cluster has a CA of its own), and the
+//! client certificate and key, when given, answer etcd's `--client-cert-auth`. A TLS
+//! failure (a server certificate of another CA, a refused client certificate) is the
+//! same code 11, with the TLS error's own words in the message.
 
 mod keys;
 mod runtime;
+mod tls;
 
 pub use keys::{block_key, claim_key, node_key, BLOCKS, CLAIMS, NODES, STATUS};
 
 use crate::allocator::{Claim, Snapshot};
 use crate::block::Block;
+use crate::config::EtcdSpec;
 use crate::error::IpamError;
 use crate::registry::{NodeRecord, NodeView, Registry};
 use crate::store::{Decide, Store};
@@ -48,6 +56,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 pub struct EtcdStore {
     endpoints: String,
+    /// Appended to every "cannot be used" reason: what the configuration itself may be
+    /// missing (empty when nothing is).
+    hint: &'static str,
     client: Client,
     // Declared last: dropped after the client, stopping the runtime the client used.
     background: Background,
@@ -62,28 +73,34 @@ struct Read {
 
 impl EtcdStore {
     /// Builds the client; connections are made by the first request, so an unreachable
-    /// cluster is reported by the operation that needs it, not here.
-    pub fn open(endpoints: &[String]) -> Result<EtcdStore, IpamError> {
-        let joined = endpoints.join(",");
+    /// cluster is reported by the operation that needs it, not here. The TLS files are
+    /// read here: one that cannot be read or is not PEM is a configuration error.
+    pub fn open(spec: &EtcdSpec) -> Result<EtcdStore, IpamError> {
+        let joined = spec.endpoints.join(",");
+        let hint = tls::hint(spec.tls.as_ref());
         let unavailable = |reason: String| IpamError::StoreUnavailable {
             endpoints: joined.clone(),
-            reason,
+            reason: format!("{reason}{hint}"),
         };
-        let background = Background::start()
-            .map_err(|e| unavailable(format!("cannot start the etcd client thread: {e}")))?;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_require_leader(true);
-        let urls = endpoints.to_vec();
+        if let Some(files) = &spec.tls {
+            options = options.with_tls(tls::client_config(files)?);
+        }
+        let background = Background::start()
+            .map_err(|e| unavailable(format!("cannot start the etcd client thread: {e}")))?;
+        let urls = spec.endpoints.clone();
         let client = background
             .run(async move {
                 tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(urls, Some(options))).await
             })
             .map_err(|_| unavailable(format!("no connection within {REQUEST_TIMEOUT:?}")))?
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(tls::error_chain(&e)))?;
         Ok(EtcdStore {
             endpoints: joined,
+            hint,
             client,
             background,
         })
@@ -96,7 +113,7 @@ impl EtcdStore {
     fn unavailable(&self, reason: String) -> IpamError {
         IpamError::StoreUnavailable {
             endpoints: self.endpoints.clone(),
-            reason,
+            reason: format!("{reason}{}", self.hint),
         }
     }
 
@@ -107,18 +124,28 @@ impl EtcdStore {
 
     /// An idempotent request (a read, a blind put), retried while the cluster fails,
     /// for at most [`UNAVAILABLE_BUDGET`] in all.
+    /// The error names the first failure (a TLS or connection error says more than the
+    /// timeouts of the tries after it) and the last one when it differs.
     fn request_retrying(&self, make: impl Fn() -> Txn) -> Result<TxnResponse, IpamError> {
         let started = Instant::now();
+        let mut first: Option<String> = None;
         loop {
             let left = UNAVAILABLE_BUDGET.saturating_sub(started.elapsed());
             let reason = match self.request(make(), left.min(REQUEST_TIMEOUT)) {
                 Ok(response) => return Ok(response),
                 Err(reason) => reason,
             };
+            let first = first.get_or_insert_with(|| reason.clone());
             if started.elapsed() + RETRY_PAUSE >= UNAVAILABLE_BUDGET {
-                return Err(
-                    self.unavailable(format!("{reason} (retried for {:?})", started.elapsed()))
-                );
+                let then = if reason == *first {
+                    String::new()
+                } else {
+                    format!("; last: {reason}")
+                };
+                return Err(self.unavailable(format!(
+                    "{first}{then} (retried for {:?})",
+                    started.elapsed()
+                )));
             }
             std::thread::sleep(RETRY_PAUSE);
         }
@@ -252,7 +279,7 @@ impl Registry for EtcdStore {
 async fn send(mut client: Client, txn: Txn, limit: Duration) -> Result<TxnResponse, String> {
     match tokio::time::timeout(limit, client.txn(txn)).await {
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(tls::error_chain(&e)),
         Err(_) => Err(format!("no answer within {limit:?}")),
     }
 }

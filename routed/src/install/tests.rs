@@ -46,10 +46,11 @@ fn plan(root: &Path) -> InstallPlan {
         source_bin_dir: source,
         cni_bin_dir: root.join("opt/cni/bin"),
         cni_conf_dir: root.join("etc/cni/net.d"),
-        conflist_name: "10-fjord.conflist".into(),
+        conflist_name: DEFAULT_CONFLIST_NAME.into(),
         template: TEMPLATE.into(),
         node_name: "node-1".into(),
         store: "dir:/var/lib/fjord/ipam".into(),
+        exclusive: true,
     }
 }
 
@@ -126,7 +127,7 @@ fn install_writes_exact_bytes_and_modes_and_leaves_no_temp_files() {
         );
         assert_eq!(mode(&installed), 0o755);
     }
-    let conflist = plan.cni_conf_dir.join("10-fjord.conflist");
+    let conflist = plan.cni_conf_dir.join(DEFAULT_CONFLIST_NAME);
     assert_eq!(
         fs::read_to_string(&conflist).unwrap(),
         render_conflist(TEMPLATE, "node-1", "dir:/var/lib/fjord/ipam").unwrap()
@@ -175,7 +176,7 @@ fn leftovers_of_a_killed_run_are_removed_and_a_wrong_mode_is_fixed() {
     fs::create_dir_all(&plan.cni_conf_dir).unwrap();
     let leftover = plan
         .cni_conf_dir
-        .join(format!("{TEMP_PREFIX}10-fjord.conflist.999999"));
+        .join(format!("{TEMP_PREFIX}{DEFAULT_CONFLIST_NAME}.999999"));
     fs::write(&leftover, b"{\"cniVers").unwrap();
     install(&plan).unwrap();
     assert!(!leftover.exists());
@@ -205,24 +206,198 @@ fn a_bad_template_or_missing_binary_installs_nothing() {
     assert!(!missing.cni_conf_dir.exists());
 }
 
+/// What a node migrating from another network has in /etc/cni/net.d.
+const OTHER_NETWORKS: [&str; 5] = [
+    "10-calico.conflist",
+    "10-flannel.conflist",
+    "10-containerd-net.conflist",
+    "05-cilium.conf",
+    "99-loopback.json",
+];
+
+fn write_other_networks(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    for name in OTHER_NETWORKS {
+        fs::write(dir.join(name), format!("{{\"name\": \"{name}\"}}")).unwrap();
+    }
+    // Not network configs: left alone in every mode.
+    for name in ["00-notes.txt", ".hidden.conf", "10-calico.conflist.bak"] {
+        fs::write(dir.join(name), b"{}").unwrap();
+    }
+    fs::create_dir_all(dir.join("multus.d.conf")).unwrap();
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
-fn configs_that_sort_first_are_reported() {
-    let scratch = Scratch::new("shadow");
+fn the_default_name_sorts_before_every_other_networks_config() {
+    for other in OTHER_NETWORKS.iter().chain(&[
+        "10-weave.conflist",
+        "10-kuberouter.conflist",
+        "87-podman-bridge.conflist",
+    ]) {
+        assert!(DEFAULT_CONFLIST_NAME < *other, "{other} sorts first");
+    }
+    // Multus is a meta-plugin that must come first and delegates to the next config.
+    assert!("00-multus.conf" < DEFAULT_CONFLIST_NAME);
+}
+
+#[test]
+fn exclusive_mode_moves_every_other_network_config_aside_and_says_so() {
+    let scratch = Scratch::new("exclusive");
     let plan = plan(&scratch.0);
-    fs::create_dir_all(&plan.cni_conf_dir).unwrap();
-    for name in [
-        "05-cilium.conflist",
-        "87-podman.conflist",
+    write_other_networks(&plan.cni_conf_dir);
+    let report = install(&plan).unwrap();
+    let mut moved: Vec<(String, String)> = report
+        .moved_aside
+        .iter()
+        .map(|m| (m.from.clone(), m.to.clone()))
+        .collect();
+    moved.sort();
+    let mut want: Vec<(String, String)> = OTHER_NETWORKS
+        .iter()
+        .map(|n| (n.to_string(), format!("{n}{DISABLED_SUFFIX}")))
+        .collect();
+    want.sort();
+    assert_eq!(moved, want);
+    assert!(report
+        .moved_aside
+        .iter()
+        .all(|m| m.reason == MoveReason::Exclusive));
+    assert!(report.shadowing_configs.is_empty(), "{report:?}");
+    // What a runtime would pick now is Fjord's, and every moved file keeps its bytes.
+    let configs = network_configs(&plan.cni_conf_dir).unwrap();
+    assert_eq!(configs, vec![DEFAULT_CONFLIST_NAME.to_string()]);
+    for name in OTHER_NETWORKS {
+        let aside = plan.cni_conf_dir.join(format!("{name}{DISABLED_SUFFIX}"));
+        assert_eq!(
+            fs::read_to_string(aside).unwrap(),
+            format!("{{\"name\": \"{name}\"}}")
+        );
+    }
+    for untouched in [
         "00-notes.txt",
         ".hidden.conf",
+        "10-calico.conflist.bak",
+        "multus.d.conf",
     ] {
-        fs::write(plan.cni_conf_dir.join(name), b"{}").unwrap();
+        assert!(plan.cni_conf_dir.join(untouched).exists(), "{untouched}");
     }
+
+    // Reversible: renaming back restores the directory; a second move of a config that
+    // came back keeps the first copy too.
+    fs::rename(
+        plan.cni_conf_dir
+            .join(format!("10-calico.conflist{DISABLED_SUFFIX}")),
+        plan.cni_conf_dir.join("10-calico.conflist"),
+    )
+    .unwrap();
+    fs::write(plan.cni_conf_dir.join("10-flannel.conflist"), b"{\"v\": 2}").unwrap();
+    let again = install(&plan).unwrap();
+    let again: Vec<(String, String)> = again
+        .moved_aside
+        .into_iter()
+        .map(|m| (m.from, m.to))
+        .collect();
+    assert_eq!(
+        again,
+        vec![
+            (
+                "10-calico.conflist".into(),
+                format!("10-calico.conflist{DISABLED_SUFFIX}")
+            ),
+            (
+                "10-flannel.conflist".into(),
+                format!("10-flannel.conflist{DISABLED_SUFFIX}.1")
+            ),
+        ]
+    );
+    let first = plan
+        .cni_conf_dir
+        .join(format!("10-flannel.conflist{DISABLED_SUFFIX}"));
+    assert!(fs::read_to_string(first).unwrap().contains("10-flannel"));
+}
+
+#[test]
+fn without_exclusive_mode_others_stay_and_those_sorting_first_are_reported() {
+    let scratch = Scratch::new("shadow");
+    let mut plan = plan(&scratch.0);
+    plan.exclusive = false;
+    plan.conflist_name = "10-fjord.conflist".into();
+    write_other_networks(&plan.cni_conf_dir);
+    let before = names_in(&plan.cni_conf_dir);
     let report = install(&plan).unwrap();
+    assert!(report.moved_aside.is_empty(), "{report:?}");
     assert_eq!(
         report.shadowing_configs,
-        vec!["05-cilium.conflist".to_string()]
+        vec![
+            "05-cilium.conf".to_string(),
+            "10-calico.conflist".into(),
+            "10-containerd-net.conflist".into()
+        ]
     );
+    let mut after = names_in(&plan.cni_conf_dir);
+    after.retain(|n| n != "10-fjord.conflist");
+    assert_eq!(after, before);
+}
+
+#[test]
+fn an_earlier_releases_fjord_conflist_is_moved_aside_in_every_mode() {
+    for exclusive in [true, false] {
+        let scratch = Scratch::new(&format!("upgrade-{exclusive}"));
+        let mut plan = plan(&scratch.0);
+        plan.exclusive = exclusive;
+        fs::create_dir_all(&plan.cni_conf_dir).unwrap();
+        let old = render_conflist(TEMPLATE, "node-1", "dir:/var/lib/fjord/ipam").unwrap();
+        fs::write(plan.cni_conf_dir.join("10-fjord.conflist"), old).unwrap();
+        fs::write(plan.cni_conf_dir.join("10-calico.conflist"), b"{}").unwrap();
+        let report = install(&plan).unwrap();
+        let old_moved = report
+            .moved_aside
+            .iter()
+            .find(|m| m.from == "10-fjord.conflist")
+            .unwrap_or_else(|| panic!("exclusive={exclusive}: {report:?}"));
+        assert_eq!(old_moved.reason, MoveReason::OldFjordConflist);
+        assert_eq!(
+            plan.cni_conf_dir.join("10-calico.conflist").exists(),
+            !exclusive
+        );
+    }
+}
+
+#[test]
+fn a_chained_plugin_missing_from_the_bin_dir_installs_nothing() {
+    let scratch = Scratch::new("chain");
+    let mut plan = plan(&scratch.0);
+    plan.template = TEMPLATE.replace(
+        "  }]\n}",
+        "  }, {\"type\": \"portmap\", \"capabilities\": {\"portMappings\": true}}]\n}",
+    );
+    assert_ne!(plan.template, TEMPLATE);
+    let err = install(&plan).unwrap_err().to_string();
+    assert!(
+        err.contains("\"portmap\", which is not an executable in")
+            && err.contains("containernetworking-plugins"),
+        "{err}"
+    );
+    assert!(!plan.cni_conf_dir.exists(), "installed anyway");
+
+    fs::create_dir_all(&plan.cni_bin_dir).unwrap();
+    let portmap = plan.cni_bin_dir.join("portmap");
+    fs::write(&portmap, b"\x7fELF portmap").unwrap();
+    fs::set_permissions(&portmap, fs::Permissions::from_mode(0o755)).unwrap();
+    install(&plan).unwrap();
+    let installed: Value =
+        serde_json::from_slice(&fs::read(plan.cni_conf_dir.join(DEFAULT_CONFLIST_NAME)).unwrap())
+            .unwrap();
+    assert_eq!(installed["plugins"][1]["type"], "portmap");
 }
 
 #[test]
